@@ -1,0 +1,146 @@
+"""SigLIP vision transformer: the understanding encoder of Janus, Janus-Pro and JanusFlow.
+
+Zhai et al., "Sigmoid Loss for Language Image Pre-Training" (2023). Janus uses SigLIP-Large/16 at 384 px: 24 blocks
+of width 1024, 16 heads, MLP ratio 4, no class token, a learned-latent attention-pool head (kept in the checkpoint,
+unused), giving 24 x 24 = 576 patch tokens. The network is timm's ``VisionTransformer`` unchanged; this module only
+chooses its sizes, truncates it at ``select_layer`` the way the reference does, and owns the image transform.
+
+Shapes: ``forward(pixel_values)`` (B, 3, S, S), normalised -> (B, (S / patch)^2, width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..registry import ENCODERS, CheckpointError, ConfigError
+from .transforms import PadToSquare
+
+# Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
+SIGLIP_VARIANTS: dict[str, dict] = {
+    "siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16, mlp_ratio=4.0),
+    "siglip_so400m_patch14_384": dict(image_size=384, patch_size=14, width=1152, layers=27, heads=16, mlp_ratio=3.7362),
+}
+
+
+@ENCODERS.register("siglip")
+class SigLIPEncoder(nn.Module):
+    """SigLIP ViT returning patch tokens (no class token), built on timm's ``VisionTransformer``.
+
+    Args:
+        variant: a released name from ``SIGLIP_VARIANTS``, or None to give every size explicitly. Explicit sizes
+            override the variant's.
+        image_size, patch_size, width, layers, heads, mlp_ratio: architecture.
+        select_layer: which block's output to return; -1 is the last. The network is truncated there (the
+            reference does the same), so ``layers + select_layer + 1`` blocks are built for negative values.
+        pixel_mean, pixel_std: the normalisation the image transform applies (SigLIP: 0.5 / 0.5).
+
+    Input: (B, 3, image_size, image_size) normalised pixels. Output: (B, num_tokens, out_dim).
+    """
+
+    def __init__(
+        self,
+        variant: str | None = "siglip_large_patch16_384",
+        image_size: int | None = None,
+        patch_size: int | None = None,
+        width: int | None = None,
+        layers: int | None = None,
+        heads: int | None = None,
+        mlp_ratio: float | None = None,
+        select_layer: int = -1,
+        pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+    ):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        sizes = dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                     mlp_ratio=mlp_ratio)
+        if variant is not None:
+            if variant not in SIGLIP_VARIANTS:
+                raise ConfigError(
+                    f"model.und_encoder.variant: unknown SigLIP variant '{variant}'. "
+                    f"Choices: {', '.join(SIGLIP_VARIANTS)}, or variant: null with explicit sizes"
+                )
+            sizes = {k: (v if v is not None else SIGLIP_VARIANTS[variant][k]) for k, v in sizes.items()}
+        missing = [k for k, v in sizes.items() if v is None]
+        if missing:
+            raise ConfigError(f"model.und_encoder: SigLIP needs {', '.join(missing)} when no variant is given")
+        if sizes["image_size"] % sizes["patch_size"]:
+            raise ConfigError(
+                f"model.und_encoder: image_size {sizes['image_size']} is not a multiple of patch_size "
+                f"{sizes['patch_size']}"
+            )
+        depth = sizes["layers"] + select_layer + 1 if select_layer < 0 else select_layer
+        if not 1 <= depth <= sizes["layers"]:
+            raise ConfigError(f"model.und_encoder.select_layer {select_layer} is outside 1..{sizes['layers']} blocks")
+
+        self.variant = variant
+        self.image_size = int(sizes["image_size"])
+        self.patch_size = int(sizes["patch_size"])
+        self.pixel_mean = tuple(pixel_mean)
+        self.pixel_std = tuple(pixel_std)
+        self.vit = VisionTransformer(
+            img_size=self.image_size,
+            patch_size=self.patch_size,
+            embed_dim=int(sizes["width"]),
+            depth=depth,
+            num_heads=int(sizes["heads"]),
+            mlp_ratio=float(sizes["mlp_ratio"]),
+            class_token=False,
+            global_pool="map",
+            num_classes=0,
+            weight_init="skip",
+        )
+
+    @property
+    def out_dim(self) -> int:
+        """Width of each output token."""
+        return self.vit.embed_dim
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image: (image_size / patch_size)^2."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def transform(self) -> PadToSquare:
+        """The image transform this encoder expects (pad to square with the mean colour, normalise)."""
+        return PadToSquare(self.image_size, self.pixel_mean, self.pixel_std)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm."""
+        return self.vit.forward_features(pixel_values)
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop (or restart) gradients to every parameter."""
+        for p in self.parameters():
+            p.requires_grad_(not frozen)
+
+
+def convert_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released ``vision_tower.*`` names (Janus ``vision_model.vision_tower.*`` minus the prefix) -> ``vit.*``."""
+    out = {}
+    for key, value in state_dict.items():
+        if not key.startswith("vision_tower."):
+            raise CheckpointError(f"unexpected SigLIP key '{key}': released SigLIP keys start with 'vision_tower.'")
+        out["vit." + key[len("vision_tower."):]] = value
+    return out
+
+
+def from_released_params(params: dict) -> dict:
+    """Map a released ``CLIPVisionTower`` params dict (Janus config.json) to :class:`SigLIPEncoder` kwargs.
+
+    Released names (``siglip_large_patch16_384``) pick a variant; tiny test configs name an unknown model and
+    carry ``width``/``layers``/``heads``/``mlp_ratio``/``patch_size`` explicitly, which win.
+    """
+    name = params.get("model_name", "siglip_large_patch16_384")
+    if not name.startswith("siglip"):
+        raise CheckpointError(f"understanding tower '{name}' is not a SigLIP model; unimm loads SigLIP towers here")
+    kwargs = dict(variant=name if name in SIGLIP_VARIANTS else None, image_size=params.get("image_size"),
+                  select_layer=params.get("select_layer", -1))
+    for key in ("patch_size", "width", "layers", "heads", "mlp_ratio"):
+        if key in params:
+            kwargs[key] = params[key]
+    return kwargs

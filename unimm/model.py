@@ -1,0 +1,244 @@
+"""The unified model: one causal LM that understands images and generates them.
+
+Janus (Chen et al. 2024, arXiv 2410.13848), Janus-Pro (2025, arXiv 2501.17811) and JanusFlow (Ma et al. 2024, arXiv
+2411.07975) share this structure, which the slots below make explicit:
+
+* ``und_encoder`` (SigLIP, SAM+SigLIP, the shared VQ encoder...) and ``und_aligner`` turn an image into
+  (B, N, D) embeddings that replace the image placeholders of the text;
+* ``backbone`` is the causal LM that reads the interleaved sequence;
+* ``generator`` is the generation path (VQ tokens or rectified flow) with its own encoders, aligners and head;
+* ``und_start_embed`` (JanusFlow only) is a learned embedding placed on ``<begin_of_image>`` for understanding.
+
+Every slot is an ordinary module that can be used alone; this class only wires them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .generation.base import GenerationLoss, GenerationPath
+from .registry import InputError
+
+IGNORE_INDEX = -100
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too). (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class UnifiedModel(nn.Module):
+    """Understanding encoder + aligner, causal-LM backbone, and a generation path.
+
+    Args:
+        und_encoder: images (B, 3, S, S) -> features (B, N, C) (or a (high, low) pair for the hybrid encoder).
+        und_aligner: features -> (B, N, D) in the backbone's width.
+        backbone: a :class:`unimm.backbones.CausalLMBackbone`.
+        generator: a :class:`unimm.generation.GenerationPath`, or None for an understanding-only model.
+        und_start_embed: add JanusFlow's learned begin-of-understanding embedding (1, D).
+    """
+
+    def __init__(
+        self,
+        und_encoder: nn.Module,
+        und_aligner: nn.Module,
+        backbone: nn.Module,
+        generator: GenerationPath | None = None,
+        und_start_embed: bool = False,
+    ):
+        super().__init__()
+        self.und_encoder = und_encoder
+        self.und_aligner = und_aligner
+        self.backbone = backbone
+        self.generator = generator
+        self.und_start_embed = nn.Parameter(torch.zeros(1, backbone.hidden_size)) if und_start_embed else None
+
+    # -- embedding ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Understanding embeddings of images: (M, 3, S, S) -> (M, N (+1 with und_start_embed), D)."""
+        features = self.und_aligner(self.und_encoder(pixel_values))
+        if self.und_start_embed is not None:
+            start = self.und_start_embed.to(features.dtype).expand(features.shape[0], 1, -1)
+            features = torch.cat([start, features], dim=1)
+        return features
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        images_seq_mask: torch.Tensor | None = None,
+        images_emb_mask: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        """Text embeddings with aligned image features written into the image slots.
+
+        Args:
+            input_ids: (B, T).
+            pixel_values: (B, n, 3, S, S), or None for text only.
+            images_seq_mask: (B, T) True where image features go.
+            images_emb_mask: (B, n, N) True for the feature tokens that are real images (not batch padding).
+
+        Returns:
+            (B, T, D).
+        """
+        embeds = self.backbone.embed(input_ids.clamp(min=0))
+        if pixel_values is None or images_seq_mask is None or not bool(images_seq_mask.any()):
+            return embeds
+        batch, n_images = pixel_values.shape[:2]
+        used = images_emb_mask.flatten(0, 1).any(-1)  # skip all-padding image slots
+        features = self.encode_images(pixel_values.flatten(0, 1)[used].to(embeds.dtype))
+        emb_mask = images_emb_mask.flatten(0, 1)[used]
+        if int(emb_mask.sum()) != int(images_seq_mask.sum()):
+            raise InputError(
+                f"the batch has {int(images_seq_mask.sum())} image positions in the text but the images give "
+                f"{int(emb_mask.sum())} feature tokens; build batches with the model's own processor"
+            )
+        embeds = embeds.clone()
+        embeds[images_seq_mask] = features[emb_mask]
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        images_seq_mask: torch.Tensor | None = None,
+        images_emb_mask: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        """Text logits (B, T, V) for a processor batch."""
+        embeds = self.embed_inputs(input_ids, pixel_values, images_seq_mask, images_emb_mask)
+        positions = positions_from_mask(attention_mask) if attention_mask is not None else None
+        hidden = self.backbone(embeds, attention_mask=attention_mask, position_ids=positions).hidden_states
+        return self.backbone.logits(hidden)
+
+    # -- understanding ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_text(
+        self,
+        batch: dict[str, Any],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ) -> torch.Tensor:
+        """Answer a processor batch with the KV cache.
+
+        Greedy when ``temperature`` is 0, else sampled with optional top-k / top-p. Rows stop at ``eos_id``
+        (kept in the output); finished rows are filled with ``pad_id``.
+
+        Returns:
+            (B, n_new) generated ids, n_new <= max_new_tokens.
+        """
+        from .generation.sampling import sample_next
+
+        device = self.device
+        mask = batch["attention_mask"].to(device)
+        embeds = self.embed_inputs(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()})
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        positions = positions_from_mask(mask)
+        out = self.backbone(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache, next_pos = out.past_key_values, positions[:, -1:] + 1
+        logits = self.backbone.logits(out.hidden_states[:, -1])
+        finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
+        tokens = []
+        for step in range(max_new_tokens):
+            token = sample_next(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            tokens.append(token)
+            if eos_id is not None:
+                finished |= token == eos_id
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.backbone(self.backbone.embed(token[:, None]), attention_mask=mask, position_ids=next_pos,
+                                past_key_values=cache, use_cache=True)
+            cache, next_pos = out.past_key_values, next_pos + 1
+            logits = self.backbone.logits(out.hidden_states[:, -1])
+        return torch.stack(tokens, dim=1)
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def _require_generator(self) -> GenerationPath:
+        if self.generator is None:
+            raise InputError("this model has no generation path (model.generator is empty); it can only understand")
+        return self.generator
+
+    @torch.no_grad()
+    def generate_images(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None, **options
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for left-padded prompts ending with the generation start token.
+
+        ``options`` go to the generation path's ``sample`` (guidance, temperature, top_k, num_steps, progress ...).
+        """
+        generator = self._require_generator()
+        device = self.device
+        rng = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        return generator.sample(self.backbone, prompt_ids.to(device), prompt_mask.to(device), pad_id=pad_id,
+                                generator=rng, **options)
+
+    # -- training losses --------------------------------------------------------------------------------------
+    def understanding_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy on answer tokens only (``labels`` is -100 elsewhere), next-token shifted."""
+        logits = self.forward(**batch)
+        return _shifted_cross_entropy(logits, batch["labels"])
+
+    def text_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Language-modelling cross-entropy on a text batch."""
+        return _shifted_cross_entropy(self.forward(input_ids, attention_mask), labels)
+
+    def generation_loss(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> GenerationLoss:
+        """Text-to-image loss of the generation path (image-token CE for VQ, velocity MSE (+REPA) for flow).
+
+        Args:
+            prompt_ids, prompt_mask: (B, L) left-padded prompts ending with the generation start token.
+            images: (B, 3, H, W) targets in [-1, 1] at the generation path's resolution.
+        """
+        path = self._require_generator()
+        prompt_embeds = self.backbone.embed(prompt_ids)
+        und_features = None
+        if getattr(path, "uses_und_features", False):
+            und_features = self.und_encoder_features(images)
+        return path.loss(self.backbone, prompt_embeds, prompt_mask, images, und_features=und_features,
+                         generator=generator)
+
+    @torch.no_grad()
+    def und_encoder_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Understanding-encoder features of generation images in [-1, 1] (for REPA): (B, N, C)."""
+        encoder = self.und_encoder
+        size = getattr(encoder, "image_size", images.shape[-1])
+        x = (images + 1) / 2
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        mean = torch.tensor(getattr(encoder, "pixel_mean", (0.0, 0.0, 0.0)), device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(getattr(encoder, "pixel_std", (1.0, 1.0, 1.0)), device=x.device).view(1, 3, 1, 1)
+        features = encoder(((x - mean) / std).to(self.dtype))
+        return features[1] if isinstance(features, tuple) else features
+
+
+def _shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose label is not -100."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(logits.device)
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        raise InputError("the batch has no target tokens (every label is -100); check the answer masking")
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)

@@ -1,0 +1,194 @@
+"""One registry per kind of part, and the config-driven builder that uses them.
+
+A registry maps a short name (``siglip``, ``mlp_gelu``, ``vq``) to a builder: a class or a function whose
+keyword arguments are the part's knobs. ``Registry.build(cfg, where=...)`` takes a mapping with a ``type`` key
+and the builder's arguments, checks every key against the builder's signature *before* anything is built, and
+reports mistakes with the config path, the closest valid name and the full list of choices::
+
+    ENCODERS = Registry("understanding encoder")
+
+    @ENCODERS.register("siglip")
+    class SigLIPEncoder(nn.Module): ...
+
+    ENCODERS.build({"type": "siglip", "variant": "siglip_large_patch16_384"}, where="model.und_encoder")
+
+Sizes that follow from a neighbouring part (an aligner's input width is the encoder's output width) are passed
+as ``inferred=``: they fill in missing keys, and a config value that contradicts them fails with both numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _closest(name: str, choices: list[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest of ``choices``, or '' if nothing is close."""
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class Registry:
+    """A named table of builders for one kind of part.
+
+    Args:
+        kind: what the registered parts are, used in error messages ("understanding encoder").
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+        self._aliases: dict[str, str] = {}
+
+    # -- registration -------------------------------------------------------------------------------------
+    def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable:
+        """Decorator that registers a class or builder function under ``name`` (and ``aliases``)."""
+
+        def decorator(builder: Callable) -> Callable:
+            for key in (name, *aliases):
+                if key in self._builders or key in self._aliases:
+                    raise ValueError(f"{self.kind} '{key}' is registered twice")
+            self._builders[name] = builder
+            for alias in aliases:
+                self._aliases[alias] = name
+            return builder
+
+        return decorator
+
+    # -- lookup -------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Registered names, sorted (aliases not included)."""
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders or name in self._aliases
+
+    def get(self, name: str, *, where: str = "") -> Callable[..., Any]:
+        """The builder registered as ``name``; never returns None.
+
+        Raises:
+            ConfigError: naming ``where`` in the config, the closest registered name and all choices.
+        """
+        if not isinstance(name, str):
+            raise ConfigError(f"{where or self.kind}.type must be a string naming a {self.kind}, got {name!r}")
+        canonical = self._aliases.get(name, name)
+        if canonical not in self._builders:
+            choices = self.names() + sorted(self._aliases)
+            location = f"{where}.type" if where else "type"
+            raise ConfigError(
+                f"{location}: unknown {self.kind} '{name}'.{_closest(name, choices)} "
+                f"Choices: {', '.join(self.names())}"
+            )
+        return self._builders[canonical]
+
+    def describe(self, name: str) -> str:
+        """First line of the registered builder's docstring."""
+        doc = inspect.getdoc(self.get(name)) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    # -- building -----------------------------------------------------------------------------------------
+    def build(self, cfg: Mapping[str, Any], *, where: str = "", inferred: Mapping[str, Any] | None = None) -> Any:
+        """Build the part described by ``cfg`` (a mapping with ``type`` plus the builder's arguments).
+
+        Args:
+            cfg: ``{"type": name, **kwargs}``; an OmegaConf node is accepted and resolved.
+            where: the config path of this slot, for error messages ("model.und_aligner").
+            inferred: values that follow from neighbouring parts. They fill keys the config leaves out; a
+                config value that differs raises. Keys the builder does not accept are ignored.
+
+        Raises:
+            ConfigError: unknown type, unknown or misspelled keys, missing required keys, wrong value types,
+                or a config value that contradicts an inferred one.
+        """
+        cfg = to_plain(cfg)
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{where or self.kind} must be a mapping with a 'type' key, got {cfg!r}")
+        if "type" not in cfg:
+            raise ConfigError(
+                f"{where or self.kind}: missing 'type'. Choose a {self.kind}: {', '.join(self.names())}"
+            )
+        kwargs = dict(cfg)
+        builder = self.get(kwargs.pop("type"), where=where)
+        params = _parameters(builder)
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+        for key in kwargs:
+            if key not in params and not accepts_any:
+                raise ConfigError(
+                    f"{where}.{key}: unknown key for {self.kind} '{cfg['type']}'.{_closest(key, list(params))} "
+                    f"Valid keys: {', '.join(params) or '(none)'}"
+                )
+        for key, value in (inferred or {}).items():
+            if key not in params and not accepts_any:
+                continue
+            if key in kwargs and kwargs[key] is not None and kwargs[key] != value:
+                raise ConfigError(
+                    f"{where}.{key} = {kwargs[key]!r} contradicts the value {value!r} that follows from the "
+                    f"neighbouring parts; remove the key to infer it, or change the neighbouring part"
+                )
+            kwargs[key] = value
+        for name, param in params.items():
+            if param.default is inspect.Parameter.empty and name not in kwargs:
+                raise ConfigError(f"{where}.{name}: required by {self.kind} '{cfg['type']}' but not given")
+            if name in kwargs:
+                _check_type(builder, name, kwargs[name], f"{where}.{name}")
+        return builder(**kwargs)
+
+
+def _parameters(builder: Callable) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of a class's ``__init__`` or of a function (``self`` and ``*args`` excluded)."""
+    signature = inspect.signature(builder)
+    return {
+        name: p
+        for name, p in signature.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        or p.kind is inspect.Parameter.VAR_KEYWORD
+    }
+
+
+_SIMPLE_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list, tuple), dict: (dict,)}
+
+
+def _check_type(builder: Callable, name: str, value: Any, where: str) -> None:
+    """Check ``value`` against the annotation of parameter ``name`` when it is a simple type (or Optional)."""
+    try:
+        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    except Exception:  # unresolvable forward references: skip the check rather than fail the build
+        return
+    hint = hints.get(name)
+    if hint is None or value is None:
+        return
+    origin = typing.get_origin(hint)
+    allowed: tuple[type, ...] = ()
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(hint):
+            allowed += _SIMPLE_TYPES.get(typing.get_origin(arg) or arg, ())
+        if any((typing.get_origin(a) or a) not in _SIMPLE_TYPES and a is not type(None) for a in typing.get_args(hint)):
+            return
+    else:
+        allowed = _SIMPLE_TYPES.get(origin or hint, ())
+        if not allowed:
+            return
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        expected = " or ".join(sorted({t.__name__ for t in allowed}))
+        raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def to_plain(cfg: Any) -> Any:
+    """Turn an OmegaConf node (or anything else) into plain dicts and lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        return cfg
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
