@@ -133,6 +133,8 @@ class Registry:
                 )
             kwargs[key] = value
         for name, param in params.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                continue
             if param.default is inspect.Parameter.empty and name not in kwargs:
                 raise ConfigError(f"{where}.{name}: required by {self.kind} '{cfg['type']}' but not given")
             if name in kwargs:

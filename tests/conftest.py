@@ -1,0 +1,15 @@
+"""Shared test helpers: discovery of the golden reference cases."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+OFFICIAL = GOLDEN / "official"
+
+
+def golden_cases(kind: str) -> list:
+    """pytest params for every golden folder whose cases.json has this ``kind`` (folder name as the test id)."""
+    folders = sorted(p.parent for p in GOLDEN.glob("*/cases.json") if json.loads(p.read_text())["kind"] == kind)
+    return [pytest.param(folder, id=folder.name) for folder in folders]

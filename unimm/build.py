@@ -1,0 +1,106 @@
+"""Build a unified model and its processor from a config.
+
+Order: check every top-level slot's ``type`` and keys (nothing built yet), build the understanding encoder and
+the backbone, then the parts whose widths follow from them (the understanding aligner's ``in_dim``/``out_dim``;
+the generation path's ``hidden_size`` and REPA width). A config value that contradicts an inferred width fails
+with both numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from . import parts  # noqa: F401  (registers every built-in part)
+from .config import load_config
+from .model import UnifiedModel
+from .processor import Processor, load_tokenizer
+from .registry import ALIGNERS, BACKBONES, ENCODERS, GENERATORS, ConfigError, Registry, to_plain
+
+SLOTS: dict[str, Registry] = {
+    "und_encoder": ENCODERS,
+    "und_aligner": ALIGNERS,
+    "backbone": BACKBONES,
+    "generator": GENERATORS,
+}
+
+
+def check_slots(model_cfg: dict) -> None:
+    """Check each slot's type and keys before anything is built."""
+    for slot, registry in SLOTS.items():
+        slot_cfg = model_cfg.get(slot)
+        if slot_cfg is None:
+            continue
+        where = f"model.{slot}"
+        if not isinstance(slot_cfg, dict) or "type" not in slot_cfg:
+            raise ConfigError(f"{where} must be a mapping with a 'type'; choices: {', '.join(registry.names())}")
+        builder = registry.get(slot_cfg["type"], where=where)
+        params = inspect.signature(builder).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in slot_cfg:
+            if key != "type" and key not in params:
+                import difflib
+
+                match = difflib.get_close_matches(key, list(params), n=1)
+                hint = f" Did you mean '{match[0]}'?" if match else ""
+                raise ConfigError(
+                    f"{where}.{key}: unknown key for {registry.kind} '{slot_cfg['type']}'.{hint} "
+                    f"Valid keys: {', '.join(params)}"
+                )
+
+
+def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -> UnifiedModel:
+    """Build the model a config describes (random weights). Use ``with torch.device("meta"):`` for big ones."""
+    if not isinstance(cfg, DictConfig):
+        cfg = load_config(cfg, overrides)
+    model_cfg = to_plain(cfg.model)
+    check_slots(model_cfg)
+    encoder = ENCODERS.build(model_cfg["und_encoder"], where="model.und_encoder")
+    backbone = BACKBONES.build(model_cfg["backbone"], where="model.backbone")
+    aligner = ALIGNERS.build(
+        model_cfg["und_aligner"], where="model.und_aligner",
+        inferred={"in_dim": encoder.out_dim, "out_dim": backbone.hidden_size},
+    )
+    generator = None
+    if model_cfg.get("generator"):
+        generator = GENERATORS.build(
+            model_cfg["generator"], where="model.generator",
+            inferred={"hidden_size": backbone.hidden_size, "repa_dim": encoder.out_dim},
+        )
+    return UnifiedModel(encoder, aligner, backbone, generator,
+                        und_start_embed=bool(model_cfg.get("und_start_embed", False)))
+
+
+def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | Path | None = None) -> Processor:
+    """The processor for ``model``: the config's template settings, the encoder's transform and token count.
+
+    If the tokenizer has more ids than the backbone's embedding table (image tags added), the table is grown.
+    """
+    settings: dict[str, Any] = dict(to_plain(cfg.get("processor") or {}))
+    path = tokenizer_path or settings.pop("tokenizer", None)
+    settings.pop("tokenizer", None)
+    if path is None:
+        raise ConfigError("processor.tokenizer: no tokenizer folder given; set it in the config or load a checkpoint")
+    tokenizer = load_tokenizer(path)
+    encoder = model.und_encoder
+    settings.setdefault("max_length", getattr(model.backbone.lm.config, "max_position_embeddings", None))
+    processor = Processor(
+        tokenizer,
+        image_transform=encoder.transform(),
+        num_image_tokens=encoder.num_tokens,
+        learned_image_start=model.und_start_embed is not None,
+        **settings,
+    )
+    if processor.vocab_size > model.backbone.vocab_size:
+        model.backbone.resize_vocab(processor.vocab_size)
+    return processor
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Total parameters (works on the meta device)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,141 @@
+"""YAML configs: loading, command-line overrides, validation.
+
+A config has fixed top-level sections::
+
+    name: janus-1.3b                  # free text
+    model:                            # one slot per part of the released checkpoints
+      und_encoder: {type: siglip, ...}
+      und_aligner: {type: mlp_gelu, depth: 2}
+      backbone:    {type: llama, hidden_size: 2048, ...}
+      generator:   {type: vq, autoencoder: {...}, aligner: {...}, head: {...}}
+      und_start_embed: false
+    processor: {tokenizer: PATH, roles: [...], ...}
+    train: {...}                      # read by unimm.train
+
+Overrides use omegaconf's dotlist form (``model.backbone.num_hidden_layers=4``). Setting a slot's ``type`` to a
+different part *replaces* the slot (its old arguments are dropped, never merged), so
+``model.generator.type=rectified_flow`` cannot inherit VQ settings by accident. An override may also replace a
+whole slot from a YAML file: ``model.generator=@configs/parts/flow_tiny.yaml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .registry import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+TOP_LEVEL_KEYS = ("name", "model", "processor", "train", "sample")
+MODEL_KEYS = ("und_encoder", "und_aligner", "backbone", "generator", "und_start_embed")
+PROCESSOR_KEYS = (
+    "tokenizer", "roles", "system_prompt", "image_tag", "image_start_tag", "image_end_tag", "pad_tag",
+    "generation_tag", "max_length",
+)
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """Resolve a config path, or a shipped config name (``janus_pro_1b``) under ``configs/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidates = [CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    match = difflib.get_close_matches(str(name_or_path), shipped, n=1)
+    hint = f" Did you mean '{match[0]}'?" if match else ""
+    raise ConfigError(f"no config file '{name_or_path}'.{hint} Shipped configs: {', '.join(shipped)}")
+
+
+def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load a YAML config (or a dict), apply dotlist ``overrides``, and check its section keys.
+
+    Relative paths in ``processor.tokenizer`` and in ``...path`` keys are resolved against the config file's folder.
+    """
+    if isinstance(name_or_path, (dict, DictConfig)):
+        cfg = OmegaConf.create(name_or_path)
+        base = Path.cwd()
+    else:
+        path = find_config(name_or_path)
+        cfg = OmegaConf.load(path)
+        base = path.parent
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{name_or_path}: a config must be a mapping at the top level")
+    cfg = apply_overrides(cfg, overrides)
+    validate_sections(cfg)
+    _resolve_paths(cfg, base)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """Apply ``key=value`` overrides in order; a changed ``<slot>.type`` replaces the slot."""
+    cfg = cfg.copy()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. model.backbone.num_hidden_layers=4)")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if raw.startswith("@"):
+            value = OmegaConf.to_container(OmegaConf.load(find_config(raw[1:])), resolve=True)
+            OmegaConf.update(cfg, key, value, merge=False)
+            continue
+        value = OmegaConf.from_dotlist([f"x={raw}"]).x
+        if key.endswith(".type"):
+            slot = key[: -len(".type")]
+            current = OmegaConf.select(cfg, slot)
+            if isinstance(current, DictConfig) and current.get("type") != value:
+                OmegaConf.update(cfg, slot, {"type": value}, merge=False)
+                continue
+        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+    return cfg
+
+
+def _unknown(where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
+    match = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" Did you mean '{match[0]}'?" if match else ""
+    return ConfigError(f"{where}{key}: unknown key.{hint} Valid keys: {', '.join(allowed)}")
+
+
+def validate_sections(cfg: DictConfig) -> None:
+    """Check top-level, ``model`` and ``processor`` keys (each slot's own keys are checked by its registry)."""
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown("", str(key), TOP_LEVEL_KEYS)
+    if "model" not in cfg:
+        raise ConfigError("the config has no 'model' section")
+    for key in cfg.model:
+        if key not in MODEL_KEYS:
+            raise _unknown("model.", str(key), MODEL_KEYS)
+    for slot in ("und_encoder", "und_aligner", "backbone"):
+        if slot not in cfg.model:
+            raise ConfigError(f"model.{slot}: required slot is missing")
+    for key in cfg.get("processor") or {}:
+        if key not in PROCESSOR_KEYS:
+            raise _unknown("processor.", str(key), PROCESSOR_KEYS)
+
+
+def _resolve_paths(cfg: DictConfig, base: Path) -> None:
+    """Make relative file paths absolute against ``base`` (the config's folder) when they exist there."""
+
+    def fix(node: Any) -> None:
+        if isinstance(node, DictConfig):
+            for key in list(node.keys()):
+                value = node[key] if not OmegaConf.is_missing(node, key) else None
+                if isinstance(value, str) and (key == "tokenizer" or key.endswith("path")):
+                    candidate = base / value
+                    if not Path(value).is_absolute() and candidate.exists():
+                        node[key] = str(candidate.resolve())
+                else:
+                    fix(value)
+
+    fix(cfg)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,113 @@
+"""Load and save whole models: released deepseek-ai folders and unimm's own format.
+
+unimm's format is a folder with ``config.yaml`` (the resolved config), ``model.safetensors`` (every weight, VAE
+included) and the tokenizer files. ``load_pretrained`` also reads released Janus / Janus-Pro / JanusFlow folders
+(``config.json`` of type ``multi_modality`` with ``model.safetensors``, ``pytorch_model.bin`` or sharded ``.bin``
+files and an index), converting names with the tested converters in :mod:`unimm.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .build import build_model, build_processor
+from .checkpoint.io import load_into, load_weights
+from .checkpoint.released import config_from_released, convert_released, released_kind
+from .config import apply_overrides, load_config, validate_sections
+from .model import UnifiedModel
+from .processor import Processor
+from .registry import CheckpointError
+
+
+@dataclass
+class Pretrained:
+    """A loaded model with what belongs to it: ``model``, ``processor`` and the resolved ``config``."""
+
+    model: UnifiedModel
+    processor: Processor
+    config: DictConfig
+
+    def __iter__(self):  # allows `model, processor, cfg = load_pretrained(path)`
+        return iter((self.model, self.processor, self.config))
+
+
+def _vae_prefix(cfg: DictConfig) -> tuple[str, ...]:
+    """Weights that may come from outside the checkpoint: a VAE loaded from its own diffusers folder."""
+    generator = cfg.model.get("generator") or {}
+    autoencoder = generator.get("autoencoder") or {}
+    return ("generator.autoencoder.",) if autoencoder.get("path") else ()
+
+
+def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
+    """The unimm config for a released folder, with ``overrides`` applied."""
+    folder = Path(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    cfg = apply_overrides(OmegaConf.create(config_from_released(raw, folder)), overrides)
+    validate_sections(cfg)
+    return cfg
+
+
+def load_pretrained(
+    path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Pretrained:
+    """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, or unimm's) with its processor.
+
+    Args:
+        path: the folder.
+        overrides: dotlist config overrides applied before building (``model.generator.image_size=256``).
+        device, dtype: where and in what precision to put the weights.
+
+    Raises:
+        CheckpointError: not a model folder, unreadable weights, or keys that do not match (all listed).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    if (folder / "config.yaml").is_file():
+        cfg = load_config(folder / "config.yaml", overrides)
+        state = load_weights(folder)
+        source = f"unimm checkpoint {folder}"
+    elif (folder / "config.json").is_file():
+        kind = released_kind(json.loads((folder / "config.json").read_text()))
+        cfg = released_config(folder, overrides)
+        state = convert_released(load_weights(folder), kind)
+        source = f"released {kind} checkpoint {folder}"
+    else:
+        raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
+    model = build_model(cfg)
+    processor = build_processor(cfg, model)
+    load_into(model, state, source=source, ignore_missing=_vae_prefix(cfg))
+    model.to(device=device, dtype=dtype).eval()
+    return Pretrained(model, processor, cfg)
+
+
+def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path) -> Path:
+    """Write ``model`` in unimm's format: ``config.yaml``, ``model.safetensors`` and the tokenizer files.
+
+    The VAE's weights are saved with the rest, so the folder no longer depends on the diffusers folder it came
+    from; its architecture is written into the config.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    generator = cfg.model.get("generator")
+    if generator is not None and (generator.get("autoencoder") or {}).get("path"):
+        vae = model.generator.autoencoder
+        generator.autoencoder.path = None
+        generator.autoencoder.config = {k: v for k, v in dict(vae.vae.config).items() if not k.startswith("_")}
+    cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
+    processor.tokenizer.save_pretrained(str(folder))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(folder / "model.safetensors")
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return folder
