@@ -92,7 +92,6 @@ class SigLIPEncoder(nn.Module):
             class_token=False,
             global_pool="map",
             num_classes=0,
-            weight_init="skip",
         )
 
     @property
