@@ -33,10 +33,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "provides, and assist the user with a variety of tasks using natural language."
 )
 IGNORE_INDEX = -100
+#: Tokenizers shipped inside the package: ``tiny`` is the small byte-level BPE of the golden test models, with the
+#: released special tokens.
+BUNDLED_TOKENIZERS = Path(__file__).parent / "assets" / "tokenizers"
 
 def load_tokenizer(path: str | Path):
-    """Load the tokenizer files in ``path`` with transformers (no network).
+    """Load the tokenizer files in ``path`` (or a bundled tokenizer name, e.g. ``tiny``) with transformers.
 
+    Nothing is downloaded.
     The released DeepSeek tokenizer files name ``LlamaTokenizerFast`` but hold a byte-level BPE ``tokenizer.json``;
     transformers 5 loads them as its generic fast backend and gives the reference ids.
     """
@@ -45,6 +49,8 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     path = Path(path)
+    if not path.exists() and (BUNDLED_TOKENIZERS / str(path)).is_dir():
+        path = BUNDLED_TOKENIZERS / str(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise InputError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {path}")
     logger = logging.getLogger("transformers")

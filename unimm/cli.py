@@ -1,0 +1,181 @@
+"""The ``unimm`` command.
+
+    unimm list                                   every registered part, by kind
+    unimm config show CONFIG [key=value ...]     the resolved config and the model it builds
+    unimm understand --model M --image F --question Q
+    unimm generate --model M --prompt P [--num-images K] [--out DIR]
+    unimm convert SRC DST                        a released folder -> unimm's format
+    unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
+    unimm bench export ...                       write the synthetic shapes benchmark to disk
+
+``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .registry import UnimmError
+
+
+def _load(model: str, overrides: list[str]):
+    from .pretrained import load_pretrained
+
+    return load_pretrained(model, overrides=overrides)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from . import parts  # noqa: F401
+    from .registry import ALL_REGISTRIES
+
+    for kind, registry in ALL_REGISTRIES.items():
+        print(f"{kind} ({registry.kind}):")
+        for name in registry.names():
+            print(f"  {name:<34} {registry.describe(name)}")
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    import torch
+
+    from .build import build_model, count_parameters
+    from .config import load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    print(to_yaml(cfg), end="")
+    if not args.no_build:
+        with torch.device("meta"):
+            model = build_model(cfg)
+        print("# built:")
+        for slot in ("und_encoder", "und_aligner", "backbone", "generator"):
+            part = getattr(model, slot)
+            if part is not None:
+                print(f"#   {slot:<12} {type(part).__name__:<24} {count_parameters(part) / 1e6:10.3f} M parameters")
+        print(f"#   total {count_parameters(model) / 1e9:.4f} B parameters")
+
+
+def cmd_understand(args: argparse.Namespace) -> None:
+    model, processor, _ = _load(args.model, args.overrides)
+    conversation = [
+        {"role": "user", "content": f"<image_placeholder>\n{args.question}"},
+        {"role": "assistant", "content": ""},
+    ]
+    batch = processor(conversation, [args.image])
+    tokens = model.generate_text(
+        batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed, eos_id=processor.eos_id, pad_id=processor.pad_id,
+    )
+    print(processor.decode(tokens[0]))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .images import save_images
+
+    model, processor, _ = _load(args.model, args.overrides)
+    prompt_ids, prompt_mask = processor.generation_prompts([args.prompt] * args.num_images)
+    options = {"progress": True}
+    if args.guidance is not None:
+        options["guidance"] = args.guidance
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.top_k is not None:
+        options["top_k"] = args.top_k
+    if args.steps is not None:
+        options["num_steps"] = args.steps
+    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, **options)
+    for path in save_images(images, args.out, prefix=args.prefix):
+        print(path)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .pretrained import save_pretrained
+
+    model, processor, cfg = _load(args.src, args.overrides)
+    print(save_pretrained(model, processor, cfg, args.dst))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train_main
+
+    train_main(load_config(args.config, args.overrides), resume=args.resume)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench.export import export_main
+
+    export_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unimm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list every registered part").set_defaults(func=cmd_list)
+
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config and what it builds")
+    show.add_argument("config", help="a YAML path or a shipped config name (janus_pro_1b, janus_tiny, ...)")
+    show.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.generator.type=rectified_flow")
+    show.add_argument("--no-build", action="store_true", help="only print the config")
+    show.set_defaults(func=cmd_config_show)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="model folder (released Janus layout or unimm's)")
+        p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override applied before building (repeatable)")
+        p.add_argument("--seed", type=int, default=0)
+
+    und = sub.add_parser("understand", help="answer a question about an image")
+    model_args(und)
+    und.add_argument("--image", required=True)
+    und.add_argument("--question", required=True)
+    und.add_argument("--max-new-tokens", type=int, default=256)
+    und.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    und.add_argument("--top-k", type=int)
+    und.add_argument("--top-p", type=float)
+    und.set_defaults(func=cmd_understand)
+
+    gen = sub.add_parser("generate", help="generate images from text")
+    model_args(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--num-images", type=int, default=4)
+    gen.add_argument("--out", default="outputs")
+    gen.add_argument("--prefix", default="image")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the model's)")
+    gen.add_argument("--temperature", type=float, help="VQ models: sampling temperature (0 = argmax)")
+    gen.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
+    gen.add_argument("--steps", type=int, help="flow models: number of Euler steps")
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert a released checkpoint folder to unimm's format")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    conv.set_defaults(func=cmd_convert)
+
+    train = sub.add_parser("train", help="train a config (see docs/training.md)")
+    train.add_argument("--config", required=True)
+    train.add_argument("overrides", nargs="*")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    train.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="synthetic shapes benchmark (run `unimm bench export --help`)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UnimmError as err:
+        print(f"unimm: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
