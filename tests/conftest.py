@@ -13,3 +13,10 @@ def golden_cases(kind: str) -> list:
     """pytest params for every golden folder whose cases.json has this ``kind`` (folder name as the test id)."""
     folders = sorted(p.parent for p in GOLDEN.glob("*/cases.json") if json.loads(p.read_text())["kind"] == kind)
     return [pytest.param(folder, id=folder.name) for folder in folders]
+
+
+def pytest_configure(config):
+    """The tests use tiny models, for which one thread is fastest and immune to a busy machine's contention."""
+    import torch
+
+    torch.set_num_threads(1)

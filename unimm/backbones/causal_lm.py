@@ -154,6 +154,9 @@ class CausalLMBackbone(nn.Module):
 @BACKBONES.register("llama", aliases=("deepseek_llm",))
 def llama(**config: Any) -> CausalLMBackbone:
     """Llama-architecture causal LM (DeepSeek-LLM 1.3B / 7B in Janus, Janus-Pro, JanusFlow)."""
+    model_type = config.pop("model_type", "llama")  # released language configs repeat it
+    if model_type != "llama":
+        raise ConfigError(f"model.backbone.model_type = {model_type!r} under type 'llama'; use type: hf_causal_lm")
     return CausalLMBackbone("llama", **config)
 
 
