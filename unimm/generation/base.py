@@ -43,6 +43,11 @@ class GenerationPath(nn.Module):
     num_image_tokens: int
     image_size: int
 
+    @property
+    def uses_und_features(self) -> bool:
+        """Whether :meth:`loss` wants the understanding encoder's features of the clean images (REPA)."""
+        return getattr(self, "repa_layer", None) is not None
+
     def sample(
         self,
         backbone: nn.Module,
