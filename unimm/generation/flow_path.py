@@ -1,0 +1,494 @@
+"""JanusFlow's generation path: rectified flow in a VAE latent space, with the language model as velocity network.
+
+Paper: Ma et al. 2024, "JanusFlow: Harmonizing Autoregression and Rectified Flow for Unified Multimodal
+Understanding and Generation", arXiv 2411.07975. Rectified flow: Liu et al. 2022 (arXiv 2209.03003).
+
+How one velocity is computed (``RectifiedFlowPath``)::
+
+    z_t (B, C, h, w) --encoder--> tokens (B, W_enc, g, g), t_emb (B, D), skip
+    tokens --flatten, encoder_aligner--> (B, g*g, D)
+    LLM([prompt without its last token, t_emb, tokens])  # the begin-of-generation token's slot holds t_emb
+    hidden states at the g*g image positions --decoder_aligner_norm, decoder_aligner--> (B, W_dec, g, g)
+    decoder(features, skip, t_emb) --> v (B, C, h, w)
+
+Time runs from t=0 (noise) to t=1 (data): ``z_t = t * x1 + (1 - t) * x0`` with x1 the VAE latent of the image and
+x0 Gaussian noise; the target velocity is ``x1 - x0``. The networks see ``t * 1000``.
+
+Sampling follows the released JanusFlow demo exactly (Euler steps ``t_k = k / steps``; classifier-free guidance
+``v = w * v_cond - (w - 1) * v_uncond``; unconditional rows keep only the first real prompt token, the rest are set
+to pad and masked out of attention) with one improvement: the prompt runs through the language model once and its
+KV cache is reused by every step (the demo means to, but its cache list is empty, so it recomputes the prompt).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from ..registry import AUTOENCODERS, GENERATORS, CheckpointError, ConfigError, InputError
+from .base import GenerationLoss, GenerationPath
+from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
+from .vae import autoencoder_kl  # noqa: F401  (registers the default autoencoder)
+
+#: The networks take time on the 0..1000 scale used in training the released model.
+TIME_SCALE = 1000.0
+
+#: JanusFlow-1.3B's generation encoder and decoder (``vision_gen_enc_config.params`` / ``vision_gen_dec_config``).
+JANUSFLOW_ENCODER: dict[str, Any] = {
+    "input_channels": 4, "stride": 2, "kernel_size": 2, "padding": 0, "block_out_channels": [768],
+    "layers_in_middle": 2, "elementwise_affine": True, "use_bias": True, "norm_eps": 1e-6, "use_mid_block": True,
+}  # fmt: skip
+JANUSFLOW_DECODER: dict[str, Any] = {
+    "in_channels": 768, "out_channels": 4, "block_out_channels": [768], "upsamples": 1, "layers_in_middle": 2,
+    "elementwise_affine": True, "use_bias": True, "norm_eps": 1e-6, "use_mid_block": True,
+}  # fmt: skip
+
+
+def _build_uvit(cls: type, params: dict[str, Any] | None, defaults: dict[str, Any], hidden_size: int, where: str):
+    """Build a U-ViT part from released-style params, checking keys and filling ``hidden_size``."""
+    params = dict(defaults if params is None else params)
+    known = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    for key in params:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key for {cls.__name__}. Valid keys: {', '.join(known)}")
+    given = params.get("hidden_size")
+    if given is not None and given != hidden_size:
+        raise ConfigError(
+            f"{where}.hidden_size = {given} contradicts the language model width {hidden_size}: the time embedding "
+            f"enters the language model as a token; remove the key to infer it"
+        )
+    params["hidden_size"] = hidden_size
+    return cls(**params)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class RectifiedFlowPath(GenerationPath):
+    """JanusFlow's rectified-flow generation path (see the module docstring for the computation).
+
+    Args:
+        hidden_size: the language model's width (inferred from the backbone).
+        autoencoder: ``AUTOENCODERS`` config of the VAE (default: SDXL VAE architecture, frozen).
+        encoder: ``ShallowUViTEncoder`` keyword arguments (the released ``vision_gen_enc_config.params``);
+            ``hidden_size`` is filled in. Default: JanusFlow-1.3B's.
+        decoder: ``ShallowUViTDecoder`` keyword arguments (``vision_gen_dec_config.params``). Default: 1.3B's.
+        image_size: generated image side in pixels (384).
+        rms_norm_eps: epsilon of ``decoder_aligner_norm`` (the language model's ``rms_norm_eps``).
+        num_steps: default number of Euler steps (30, the released demo's).
+        guidance: default classifier-free guidance weight w (2.0, the released demo's).
+        time_sampling: training-time distribution of t: "logit_normal" (sigmoid of a normal) or "uniform".
+        logit_normal_mean, logit_normal_std: parameters of the logit-normal distribution.
+        repa_layer: index into the backbone's hidden-state tuple (0 = embeddings, i = output of layer i) whose
+            states at the image positions are aligned to the understanding encoder (REPA); None turns REPA off.
+        repa_weight: weight of the REPA term in the loss.
+        repa_dim: the understanding encoder's feature width (inferred by the model); required with REPA.
+
+    Submodules: ``autoencoder``, ``encoder``, ``encoder_aligner`` (Linear W_enc -> D), ``decoder_aligner_norm``
+    (RMSNorm(D)), ``decoder_aligner`` (Linear D -> W_dec), ``decoder`` and, with REPA, ``repa_projector``
+    (MLP D -> D -> D -> repa_dim).
+
+    Sizes: latent side ``image_size / autoencoder.downsample``; token grid ``g`` from the encoder's patchify;
+    ``num_image_tokens = g * g`` (576 for JanusFlow-1.3B at 384 px).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        autoencoder: dict | None = None,
+        encoder: dict | None = None,
+        decoder: dict | None = None,
+        image_size: int = 384,
+        rms_norm_eps: float = 1e-6,
+        num_steps: int = 30,
+        guidance: float = 2.0,
+        time_sampling: str = "logit_normal",
+        logit_normal_mean: float = 0.0,
+        logit_normal_std: float = 1.0,
+        repa_layer: int | None = None,
+        repa_weight: float = 1.0,
+        repa_dim: int | None = None,
+    ):
+        super().__init__()
+        if time_sampling not in ("logit_normal", "uniform"):
+            raise ConfigError(f"generator.time_sampling = {time_sampling!r}: choose 'logit_normal' or 'uniform'")
+        if repa_layer is not None and repa_dim is None:
+            raise ConfigError(
+                "generator.repa_dim: REPA is on (repa_layer set) but the understanding encoder's width is unknown; "
+                "give repa_dim or build the path through the model, which infers it"
+            )
+        self.hidden_size = hidden_size
+        self.image_size = image_size
+        self.num_steps, self.guidance = num_steps, guidance
+        self.time_sampling = time_sampling
+        self.logit_normal_mean, self.logit_normal_std = logit_normal_mean, logit_normal_std
+        self.repa_layer, self.repa_weight, self.repa_dim = repa_layer, repa_weight, repa_dim
+
+        self.autoencoder = AUTOENCODERS.build(autoencoder or {"type": "autoencoder_kl"}, where="generator.autoencoder")
+        self.encoder = _build_uvit(ShallowUViTEncoder, encoder, JANUSFLOW_ENCODER, hidden_size, "generator.encoder")
+        self.decoder = _build_uvit(ShallowUViTDecoder, decoder, JANUSFLOW_DECODER, hidden_size, "generator.decoder")
+        self._check_sizes()
+        self.encoder_aligner = nn.Linear(self.encoder.out_channels, hidden_size)
+        self.decoder_aligner_norm = LlamaRMSNorm(hidden_size, eps=rms_norm_eps)
+        self.decoder_aligner = nn.Linear(hidden_size, self.decoder.in_channels)
+        if repa_layer is not None:
+            # REPA (Yu et al. 2024) projects with a 3-layer SiLU MLP; JanusFlow calls it "a small trainable MLP".
+            self.repa_projector = nn.Sequential(
+                nn.Linear(hidden_size, hidden_size), nn.SiLU(),
+                nn.Linear(hidden_size, hidden_size), nn.SiLU(),
+                nn.Linear(hidden_size, repa_dim),
+            )  # fmt: skip
+        else:
+            self.repa_projector = None
+
+    def _check_sizes(self) -> None:
+        """Every width and grid that one part fixes for another must agree; say which numbers differ."""
+        ae, enc, dec = self.autoencoder, self.encoder, self.decoder
+        if self.image_size % ae.downsample:
+            raise ConfigError(
+                f"generator.image_size = {self.image_size} is not divisible by the VAE's downsampling {ae.downsample}"
+            )
+        self.latent_size = self.image_size // ae.downsample
+        for where, got in (("encoder.input_channels", enc.input_channels), ("decoder.out_channels", dec.out_channels)):
+            if got != ae.latent_channels:
+                raise ConfigError(f"generator.{where} = {got} but the VAE has {ae.latent_channels} latent channels")
+        if dec.skip_channels != enc.out_channels:
+            raise ConfigError(
+                f"generator.decoder.block_out_channels = [{dec.skip_channels}] must equal the encoder's width "
+                f"[{enc.out_channels}] (the skip connection)"
+            )
+        self.grid_size = enc.grid_size(self.latent_size)
+        if self.grid_size * 2**dec.upsamples != self.latent_size:
+            raise ConfigError(
+                f"generator: the encoder turns a {self.latent_size}x{self.latent_size} latent into a "
+                f"{self.grid_size}x{self.grid_size} grid, but the decoder's {dec.upsamples} 2x upsampling(s) give "
+                f"{self.grid_size * 2**dec.upsamples}; change encoder.stride or decoder.upsamples"
+            )
+        self.num_image_tokens = self.grid_size**2
+
+    # -- pieces shared by sampling and training -------------------------------------------------------------
+    def _generation_embeds(self, z: torch.Tensor, t: torch.Tensor):
+        """Latents (B, C, h, w) and t (B,) in [0, 1] -> LLM inputs [t_emb, tokens] (B, 1 + N, D), t_emb, skip."""
+        tokens, t_emb, skip = self.encoder(z, t * TIME_SCALE)
+        tokens = self.encoder_aligner(tokens.flatten(2).transpose(1, 2))
+        return torch.cat([t_emb.unsqueeze(1), tokens], dim=1), t_emb, skip
+
+    def _velocity(self, hidden: torch.Tensor, skip: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """LLM hidden states at the image positions (B, N, D) -> velocity (B, C, h, w)."""
+        x = self.decoder_aligner(self.decoder_aligner_norm(hidden))
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid_size, self.grid_size)
+        return self.decoder(x, skip, t_emb)
+
+    def guidance_prompt(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional rows then unconditional rows, as JanusFlow builds them.
+
+        Unconditional rows keep each prompt's first real token (BOS); every later token becomes ``pad_id`` and
+        is masked out of attention. Returns ids (2B, L) and mask (2B, L).
+        """
+        cols = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)
+        first = prompt_mask.long().argmax(dim=-1, keepdim=True)
+        keep = cols <= first
+        uncond_ids = torch.where(keep, prompt_ids, torch.full_like(prompt_ids, pad_id))
+        uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
+        return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
+
+    def _check_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, embeds: bool = False):
+        name = "prompt_embeds" if embeds else "prompt_ids"
+        if prompt_ids.ndim != (3 if embeds else 2) or prompt_ids.shape[1] < 2:
+            raise InputError(
+                f"{name} must be {'(B, L, D)' if embeds else '(B, L)'} with L >= 2 (at least BOS and the "
+                f"begin-of-generation token), got shape {tuple(prompt_ids.shape)}"
+            )
+        if prompt_mask is None or tuple(prompt_mask.shape) != tuple(prompt_ids.shape[:2]):
+            raise InputError(f"prompt_mask must have shape {tuple(prompt_ids.shape[:2])}, got "
+                             f"{None if prompt_mask is None else tuple(prompt_mask.shape)}")  # fmt: skip
+        if not bool(prompt_mask[:, -1].all()):
+            raise InputError(
+                "every prompt must end with the begin-of-generation token: pad on the left, and the last column of "
+                "prompt_mask must be 1"
+            )
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        backbone: nn.Module,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        *,
+        pad_id: int,
+        guidance: float | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        noise: torch.Tensor | None = None,
+        return_trace: bool = False,
+        use_prompt_cache: bool = True,
+    ):
+        """Generate one image per prompt by Euler integration of the guided velocity from t=0 to t=1.
+
+        Args:
+            backbone: a ``CausalLMBackbone`` (``embed``, ``forward`` with KV cache).
+            prompt_ids: (B, L) left-padded prompts ending with the begin-of-generation token.
+            prompt_mask: (B, L) 1 for real tokens.
+            pad_id: the tokenizer's pad id, written into the unconditional rows.
+            guidance: CFG weight w (default ``self.guidance``); w = 1 is unguided.
+            num_steps: Euler steps (default ``self.num_steps``).
+            generator: random source of the initial noise.
+            progress: show a progress bar.
+            noise: (B, C, h, w) initial latent instead of drawing one.
+            return_trace: also return a dict with ``tokens`` (2B, L), ``attention_mask`` (2B, L + N),
+                ``steps`` (per step: ``t_emb`` (2B, D), ``v_cond``, ``v_uncond`` (B, C, h, w)), ``z_final`` and
+                ``decoded`` (the unclamped VAE decode).
+            use_prompt_cache: run the prompt once and reuse its KV cache (default); False recomputes it at every
+                step like the released demo (same result, slower; kept for benchmarks and tests).
+
+        Returns:
+            images (B, 3, H, W) clamped to [-1, 1], or ``(images, trace)`` with ``return_trace``.
+        """
+        self._check_prompt(prompt_ids, prompt_mask)
+        guidance = self.guidance if guidance is None else guidance
+        num_steps = self.num_steps if num_steps is None else num_steps
+        if num_steps < 1:
+            raise InputError(f"num_steps must be at least 1, got {num_steps}")
+        batch, length = prompt_ids.shape
+        n = self.num_image_tokens
+        device = prompt_ids.device
+        dtype = self.encoder_aligner.weight.dtype
+        latent_shape = (batch, self.autoencoder.latent_channels, self.latent_size, self.latent_size)
+        if noise is None:
+            z = torch.randn(latent_shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(noise.shape) != latent_shape:
+            raise InputError(f"noise must have shape {latent_shape}, got {tuple(noise.shape)}")
+        else:
+            z = noise.to(device=device, dtype=dtype)
+
+        ids, mask = self.guidance_prompt(prompt_ids, prompt_mask.long(), pad_id)
+        # The begin-of-generation token is dropped; its slot (and position) goes to the time embedding.
+        prefix_embeds = backbone.embed(ids[:, :-1])
+        prefix_mask = mask[:, :-1]
+        attention_mask = torch.cat([prefix_mask, prefix_mask.new_ones(2 * batch, 1 + n)], dim=1)
+        # Both halves use the conditional prompt's positions: masking the unconditional prompt does not move
+        # the image, exactly as in the released demo.
+        positions = _positions(prompt_mask).repeat(2, 1)
+        prefix_pos = positions[:, :-1]
+        gen_pos = positions[:, -1:] + torch.arange(1 + n, device=device)
+
+        cache = None
+        if use_prompt_cache:
+            cache = backbone(prefix_embeds, attention_mask=prefix_mask, position_ids=prefix_pos, use_cache=True)
+            cache = cache.past_key_values
+        trace: dict[str, Any] = {"tokens": ids, "attention_mask": attention_mask, "steps": []}
+        steps = range(num_steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="rectified flow")
+        dt = 1.0 / num_steps
+        for k in steps:
+            t = torch.full((2 * batch,), k * dt, device=device, dtype=dtype)
+            gen_embeds, t_emb, skip = self._generation_embeds(torch.cat([z, z]), t)
+            if cache is not None:
+                hidden = backbone(
+                    gen_embeds, attention_mask=attention_mask, position_ids=gen_pos, past_key_values=cache,
+                    use_cache=True,
+                ).hidden_states  # fmt: skip
+                cache.crop(-gen_embeds.shape[1])  # back to the prompt for the next step
+            else:
+                hidden = backbone(
+                    torch.cat([prefix_embeds, gen_embeds], dim=1), attention_mask=attention_mask,
+                    position_ids=torch.cat([prefix_pos, gen_pos], dim=1),
+                ).hidden_states  # fmt: skip
+            v_cond, v_uncond = self._velocity(hidden[:, -n:], skip, t_emb).chunk(2)
+            z = z + dt * (guidance * v_cond - (guidance - 1.0) * v_uncond)
+            if return_trace:
+                trace["steps"].append({"t_emb": t_emb, "v_cond": v_cond, "v_uncond": v_uncond})
+        decoded = self.autoencoder.decode(z)
+        images = decoded.clamp(-1.0, 1.0)
+        if not return_trace:
+            return images
+        trace.update(z_final=z, decoded=decoded)
+        return images, trace
+
+    # -- training -------------------------------------------------------------------------------------------
+    def sample_time(self, batch: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Draw t (B,) in (0, 1) from the configured distribution."""
+        if self.time_sampling == "uniform":
+            return torch.rand(batch, generator=generator, device=device)
+        normal = torch.randn(batch, generator=generator, device=device)
+        return torch.sigmoid(self.logit_normal_mean + self.logit_normal_std * normal)
+
+    def _resample_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, M, C) understanding features on a square grid -> (B, N, C) on the image-token grid (bilinear)."""
+        batch, m, channels = features.shape
+        if m == self.num_image_tokens:
+            return features
+        side = math.isqrt(m)
+        if side * side != m:
+            raise InputError(f"und_features has {m} tokens, not a square grid; cannot resample to {self.grid_size}^2")
+        grid = features.transpose(1, 2).reshape(batch, channels, side, side)
+        grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+    def loss(
+        self,
+        backbone: nn.Module,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        images: torch.Tensor,
+        *,
+        und_features: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> GenerationLoss:
+        """Rectified-flow loss, plus representation alignment (REPA) when ``repa_layer`` is set.
+
+        From the paper (Sec. 3): ``L_RF = E ||v(z_t, t | prompt) - (x1 - x0)||^2`` with ``z_t = t x1 + (1 - t) x0``,
+        x1 the VAE latent, x0 ~ N(0, I); ``L_REPA = -E sim(stop_grad(f_enc(x1 image)), h_phi(q_theta(z_t)))`` with
+        sim the cosine similarity, f_enc the understanding encoder, q_theta an intermediate LLM representation at the
+        image positions and h_phi a small trainable MLP; the generation loss is their sum. Not fixed here by the
+        paper and therefore settings: the distribution of t (default logit-normal(0, 1), the choice of
+        Esser et al. 2024 for rectified flow), the LLM layer (``repa_layer``), the weight (``repa_weight``, 1 gives
+        the paper's plain sum) and the projector's shape (REPA's 3-layer SiLU MLP). REPA is written as
+        ``1 - cos``, which differs from ``-cos`` by a constant.
+
+        Args:
+            backbone: the causal LM.
+            prompt_embeds: (B, L, D) prompt embeddings ending with the begin-of-generation token (its slot is
+                taken by the time embedding, as in sampling). Caption dropout is the data pipeline's job.
+            prompt_mask: (B, L) 1 for real tokens (left padding).
+            images: (B, 3, H, W) in [-1, 1], H = W = ``image_size``.
+            und_features: (B, M, repa_dim) understanding-encoder features of the clean images; required with REPA
+                (resampled bilinearly to the token grid when M differs from ``num_image_tokens``).
+            generator: random source of the noise and time draws.
+
+        Returns:
+            ``GenerationLoss`` with ``parts`` ``flow`` and, with REPA, ``repa``.
+        """
+        self._check_prompt(prompt_embeds, prompt_mask, embeds=True)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise InputError(f"images must be {self.image_size}x{self.image_size}, got {tuple(images.shape[-2:])}")
+        if self.repa_projector is not None and und_features is None:
+            raise InputError("REPA is on (repa_layer set): pass und_features, the understanding encoder's features")
+        batch, device, n = images.shape[0], images.device, self.num_image_tokens
+
+        x1 = self.autoencoder.encode(images, generator=generator).to(prompt_embeds.dtype)
+        x0 = torch.randn(x1.shape, generator=generator, device=device, dtype=x1.dtype)
+        t = self.sample_time(batch, generator=generator, device=device).to(x1.dtype)
+        z_t = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * x0
+        gen_embeds, t_emb, skip = self._generation_embeds(z_t, t)
+
+        mask = prompt_mask.long()
+        positions = _positions(mask)
+        out = backbone(
+            torch.cat([prompt_embeds[:, :-1], gen_embeds], dim=1),
+            attention_mask=torch.cat([mask[:, :-1], mask.new_ones(batch, 1 + n)], dim=1),
+            position_ids=torch.cat([positions[:, :-1], positions[:, -1:] + torch.arange(1 + n, device=device)], 1),
+            output_hidden_states=self.repa_projector is not None,
+        )
+        v = self._velocity(out.hidden_states[:, -n:], skip, t_emb)
+        flow = F.mse_loss(v.float(), (x1 - x0).float())
+        parts = {"flow": flow.detach()}
+        total = flow
+        if self.repa_projector is not None:
+            states = out.all_hidden_states
+            if not 0 <= self.repa_layer < len(states):
+                raise ConfigError(
+                    f"generator.repa_layer = {self.repa_layer}: the backbone has hidden states 0..{len(states) - 1}"
+                )
+            if und_features.shape[-1] != self.repa_dim:
+                raise InputError(f"und_features width {und_features.shape[-1]} != repa_dim {self.repa_dim}")
+            predicted = self.repa_projector(states[self.repa_layer][:, -n:])
+            target = self._resample_features(und_features.detach().to(predicted.dtype))
+            repa = (1 - F.cosine_similarity(predicted.float(), target.float(), dim=-1)).mean()
+            parts["repa"] = repa.detach()
+            total = total + self.repa_weight * repa
+        return GenerationLoss(loss=total, parts=parts)
+
+    # -- latents --------------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> scaled VAE latents (B, C, H/8, W/8)."""
+        return self.autoencoder.encode(images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents -> images (B, 3, H, W), clamped to [-1, 1]."""
+        return self.autoencoder.decode(latents).clamp(-1.0, 1.0)
+
+    # -- released checkpoints -------------------------------------------------------------------------------
+    def load_janusflow_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a released JanusFlow checkpoint's ``vision_gen_*`` weights (strict; the VAE is loaded apart).
+
+        Raises:
+            CheckpointError: listing missing, unexpected or misshapen keys.
+        """
+        converted = convert_janusflow_gen(state_dict)
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith(("autoencoder.", "repa_projector."))}
+        missing = sorted(set(own) - set(converted))
+        unexpected = sorted(set(converted) - set(own))
+        misshapen = [
+            f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(converted))
+            if converted[k].shape != own[k].shape
+        ]
+        if missing or unexpected or misshapen:
+            raise CheckpointError(
+                "JanusFlow generation weights do not match the path: "
+                f"missing {missing or 'none'}; unexpected {unexpected or 'none'}; misshapen {misshapen or 'none'}"
+            )
+        self.load_state_dict(converted, strict=False)
+
+
+# -- converter ----------------------------------------------------------------------------------------------------
+_RELEASED_PREFIXES = (
+    ("vision_gen_enc_model.", "encoder."),
+    ("vision_gen_enc_aligner.", "encoder_aligner."),
+    ("vision_gen_dec_model.", "decoder."),
+    ("vision_gen_dec_aligner_norm.", "decoder_aligner_norm."),
+    ("vision_gen_dec_aligner.", "decoder_aligner."),
+)
+
+
+def convert_janusflow_gen(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released JanusFlow names -> ``RectifiedFlowPath`` names (relative to the path).
+
+    Only ``vision_gen_*`` keys are taken; the rest of a full checkpoint (language model, understanding encoder)
+    belongs to other parts and is ignored. The only change besides prefixes: the global response norm's released
+    (1, 1, 1, C) weights become timm's (C,). The VAE is not in the released checkpoint.
+
+    Raises:
+        CheckpointError: a ``vision_gen_*`` key of no known part, or no ``vision_gen_*`` key at all.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if not key.startswith("vision_gen_"):
+            continue
+        for old, new in _RELEASED_PREFIXES:
+            if key.startswith(old):
+                name = new + key[len(old) :]
+                if ".channelwise_norm." in name:
+                    value = value.reshape(-1)
+                converted[name] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"unknown JanusFlow generation keys: {sorted(unknown)}")
+    if not converted:
+        raise CheckpointError(
+            "no JanusFlow generation weights (vision_gen_enc_model.*, vision_gen_dec_model.*, ...) in the state dict"
+        )
+    return converted
+
+
+# -- registered variants ------------------------------------------------------------------------------------------
+GENERATORS.register("rectified_flow")(RectifiedFlowPath)
