@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .train import train_main
 
-    train_main(load_config(args.config, args.overrides), resume=args.resume)
+    overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
+    train_main(load_config(args.config, overrides))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -1,0 +1,439 @@
+"""The trainer: Janus / Janus-Pro / JanusFlow stage recipes on Hugging Face ``accelerate``.
+
+Janus (Wu et al. 2024), Janus-Pro (Chen et al. 2025) and JanusFlow (Ma et al. 2024) train in three stages that
+differ in which parts learn and on what data mix; no training code was released. Here a stage is config
+(``train.stages``), the engine is ``accelerate`` - one process, DDP on several, FSDP or DeepSpeed through
+``accelerate config`` - and this file only adds what accelerate does not know: tasks, stages, data positions.
+
+One optimiser step = ``grad_accum`` micro-batches, each of one task drawn at the stage's ratios; the task's loss
+comes from the model (``understanding_loss``, ``text_loss``, ``generation_loss``). Each stage freezes the model
+(:func:`~unimm.train.freeze.apply_stage`), builds AdamW with per-part rates and its schedule, and wraps the model
+with ``accelerator.prepare``. Checkpoints every ``save_every`` steps (:mod:`~unimm.train.checkpointing`); with
+``resume: latest`` a relaunch continues exactly. Metrics go to ``metrics.jsonl`` (and TensorBoard when installed),
+sample images and answers from fixed prompts to ``samples/``, the final model to ``final/`` in unimm's format.
+
+Entry point: :func:`train_main` (``unimm train --config CFG [key=value ...]``; on several processes
+``accelerate launch -m unimm.cli train --config CFG``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..data import MixtureLoader, TaskBatch, TaskSampler, build_streams, caption_dropout_of
+from ..registry import ConfigError, to_plain
+from .checkpointing import load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
+from .freeze import apply_stage, count_parameters, frozen_parts_to_eval
+from .optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/unimm",
+    "seed": 0,
+    "resume": None,  # null | latest | path of a checkpoint folder
+    "init_from": None,  # a model folder (released or unimm) to start from instead of random weights
+    "mixed_precision": "auto",  # auto (bf16 where supported) | bf16 | fp16 | no
+    "batch_size": 1,  # per process and micro-batch
+    "grad_accum": 1,
+    "max_grad_norm": 1.0,  # 0 or null: no clipping
+    "grad_checkpointing": False,
+    "log_every": 10,
+    "save_every": 1000,  # 0: only at the end of each stage
+    "keep_last": 2,
+    "stop_after": None,  # stop this launch after this many global steps (checkpointed), e.g. for preemptible jobs
+    "only_stages": None,  # names of the stages to run (default: all, in order)
+    "sample_every": 0,  # 0: only at the end of each stage (when prompts are given)
+    "samples": {"captions": [], "questions": [], "options": {}, "max_new_tokens": 64},
+    "tensorboard": True,
+    "progress": True,
+    "data": {"sources": {}, "max_length": None, "num_threads": 4},
+    "stages": [],
+}
+STAGE_KEYS = (
+    "name", "steps", "trainable", "frozen", "mixture", "lr", "lr_scale", "weight_decay", "betas", "eps",
+    "warmup_steps", "schedule", "min_lr_ratio",
+)
+DATA_KEYS = ("sources", "max_length", "num_threads")
+
+
+def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            match = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" Did you mean '{match[0]}'?" if match else ""
+            raise ConfigError(f"{where}.{key}: unknown key.{hint} Valid keys: {', '.join(allowed)}")
+
+
+def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg.train`` merged over :data:`TRAIN_DEFAULTS` and checked (unknown keys, stages, mixtures)."""
+    raw = to_plain(cfg.get("train") or {}) if not isinstance(cfg, DictConfig) else (
+        OmegaConf.to_container(cfg.get("train") or OmegaConf.create({}), resolve=True))
+    _check_keys(raw, list(TRAIN_DEFAULTS), "train")
+    settings = {**TRAIN_DEFAULTS, **raw}
+    settings["samples"] = {**TRAIN_DEFAULTS["samples"], **(raw.get("samples") or {})}
+    settings["data"] = {**TRAIN_DEFAULTS["data"], **(raw.get("data") or {})}
+    _check_keys(settings["data"], DATA_KEYS, "train.data")
+    stages = settings["stages"]
+    if not stages:
+        raise ConfigError("train.stages is empty: give at least one stage with steps, trainable, mixture and lr")
+    sources = settings["data"]["sources"] or {}
+    for i, stage in enumerate(stages):
+        name = stage.setdefault("name", f"stage{i + 1}")
+        where = f"train.stages[{name}]"
+        _check_keys(stage, STAGE_KEYS, where)
+        for key in ("steps", "trainable", "mixture", "lr"):
+            if key not in stage:
+                raise ConfigError(f"{where}: missing '{key}'")
+        if not isinstance(stage["steps"], int) or stage["steps"] < 1:
+            raise ConfigError(f"{where}.steps must be a positive integer, got {stage['steps']!r}")
+        for source in stage["mixture"]:
+            if source not in sources:
+                match = difflib.get_close_matches(source, list(sources), n=1)
+                hint = f" Did you mean '{match[0]}'?" if match else ""
+                raise ConfigError(
+                    f"{where}.mixture.{source}: no such source in train.data.sources.{hint} "
+                    f"Sources: {', '.join(sources) or 'none'}"
+                )
+    names = [s["name"] for s in stages]
+    for name in settings["only_stages"] or []:
+        if name not in names:
+            raise ConfigError(f"train.only_stages: no stage '{name}'; stages: {', '.join(names)}")
+    if int(settings["grad_accum"]) < 1 or int(settings["batch_size"]) < 1:
+        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+    return settings
+
+
+class TaskLossModule(nn.Module):
+    """Routes a task batch to the model's loss through ``forward``, which DDP and FSDP need to see.
+
+    ``forward(task, inputs)`` -> (loss scalar, dict of detached parts); tasks as in :class:`~unimm.data.TaskBatch`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, task: str, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if task == "understanding":
+            return self.model.understanding_loss(inputs), {}
+        if task == "text":
+            return self.model.text_loss(inputs["input_ids"], inputs["attention_mask"], inputs["labels"]), {}
+        if task == "generation":
+            out = self.model.generation_loss(inputs["prompt_ids"], inputs["prompt_mask"], inputs["images"])
+            return out.loss, dict(out.parts)
+        raise ValueError(f"unknown task {task!r}")
+
+
+def _mixed_precision(setting: str) -> str | None:
+    """``auto`` -> bf16 on a CUDA device that supports it, else leave it to ``accelerate config`` (default no)."""
+    if setting != "auto":
+        return setting
+    import os
+
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # accelerate launch's own setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+class Trainer:
+    """Runs the stages of ``cfg.train`` on ``model``.
+
+    Args:
+        cfg: the whole config (``model``, ``processor``, ``train``).
+        model: a built model; default ``unimm.build_model(cfg)`` or ``unimm.load_pretrained(train.init_from)``.
+        processor: default ``unimm.build_processor(cfg, model)`` (or the loaded folder's).
+    """
+
+    def __init__(self, cfg: DictConfig | Mapping[str, Any], model: nn.Module | None = None, processor: Any = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.settings = train_settings(self.cfg)
+        s = self.settings
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(str(s["mixed_precision"])),
+            gradient_accumulation_steps=int(s["grad_accum"]),
+            # Each micro-batch trains one task, so some trainable parts get no gradient in a given step.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.output_dir = Path(s["output_dir"])
+        set_seed(int(s["seed"]))  # identical initial weights on every process
+        if model is None:
+            model, processor = self._build(processor)
+        elif processor is None:
+            from ..build import build_processor
+
+            processor = build_processor(self.cfg, model)
+        self.model, self.processor = model, processor
+        set_seed(int(s["seed"]), device_specific=True)  # different noise and dropout per process
+        self.model.to(self.accelerator.device)
+        self.streams = build_streams(
+            s["data"]["sources"], int(s["seed"]), self.accelerator.process_index, self.accelerator.num_processes
+        )
+        self.global_step = 0
+        self._metrics_file = None
+        self._tb = None
+
+    def _build(self, processor: Any) -> tuple[nn.Module, Any]:
+        init_from = self.settings["init_from"]
+        if init_from:
+            from ..pretrained import load_pretrained
+
+            loaded = load_pretrained(init_from)
+            self.cfg = OmegaConf.merge(loaded.config, {"train": self.cfg.get("train")})
+            return loaded.model.float(), processor or loaded.processor
+        from ..build import build_model, build_processor
+
+        model = build_model(self.cfg)
+        return model, processor or build_processor(self.cfg, model)
+
+    # -- logging ----------------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        if self._metrics_file is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = open(self.output_dir / "metrics.jsonl", "a")
+            if self.settings["tensorboard"]:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+                except ImportError:
+                    self._tb = None
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def _reduce_means(self, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+        """Means across processes of per-key sums (every process has the same keys: tasks are drawn in step)."""
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        values = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64,
+                              device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="sum")
+        return {k: float(values[i, 0] / values[i, 1]) for i, k in enumerate(keys)}
+
+    # -- samples ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def write_samples(self, tag: str) -> None:
+        """Images for the fixed captions and answers to the fixed questions, under ``samples/<tag>/`` (main only)."""
+        spec = self.settings["samples"]
+        if not self.is_main or not (spec["captions"] or spec["questions"]):
+            return
+        from ..data import load_image
+
+        folder = self.output_dir / "samples" / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        model, was_training = self.model, self.model.training
+        model.eval()
+        try:
+            with self.accelerator.autocast():
+                if spec["captions"] and getattr(model, "generator", None) is not None:
+                    ids, mask = self.processor.generation_prompts(list(spec["captions"]))
+                    images = model.generate_images(ids, mask, pad_id=self.processor.pad_id,
+                                                   seed=int(self.settings["seed"]), **(spec["options"] or {}))
+                    from PIL import Image
+
+                    for i, image in enumerate(((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()):
+                        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"image_{i:02d}.png")
+                answers = []
+                for item in spec["questions"]:
+                    conversation = [{"role": "user", "content": item["question"]},
+                                    {"role": "assistant", "content": ""}]
+                    images = [load_image(item["image"])] if item.get("image") else []
+                    batch = self.processor(conversation, images)
+                    batch.pop("sft_format", None)
+                    ids = model.generate_text(batch, max_new_tokens=int(spec["max_new_tokens"]),
+                                              eos_id=self.processor.eos_id, pad_id=self.processor.pad_id)
+                    answers.append({**item, "answer": self.processor.decode(ids[0])})
+                if answers:
+                    (folder / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+        except Exception as err:  # a sampling failure must not end a long run
+            logger.warning("writing samples failed at %s: %s", tag, err)
+        finally:
+            model.train(was_training)
+            frozen_parts_to_eval(model)
+
+    # -- one stage --------------------------------------------------------------------------------------------
+    def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        device = self.accelerator.device
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    def _generation_image_size(self) -> int | None:
+        generator = getattr(self.model, "generator", None)
+        return getattr(generator, "image_size", None)
+
+    def run_stage(self, index: int, stage: dict[str, Any], resume_from: Path | None = None) -> bool:
+        """Train one stage (from a checkpoint of it if given). Returns False when ``stop_after`` ended the launch."""
+        s, acc = self.settings, self.accelerator
+        acc.free_memory()  # forget the previous stage's wrapped model and optimiser
+        trainable = apply_stage(self.model, stage)
+        if hasattr(self.model, "backbone") and hasattr(self.model.backbone, "set_grad_checkpointing"):
+            self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
+        optimizer = build_optimizer(self.model, stage)
+        scheduler = build_scheduler(optimizer, stage)
+        wrapped, optimizer = acc.prepare(TaskLossModule(self.model), optimizer)
+        loader = MixtureLoader(
+            self.streams, TaskSampler(stage["mixture"], seed=int(s["seed"]) + index), self.processor,
+            batch_size=int(s["batch_size"]), generation_image_size=self._generation_image_size(),
+            caption_dropout=caption_dropout_of(s["data"]["sources"]), max_length=s["data"]["max_length"],
+            seed=int(s["seed"]), rank=acc.process_index, num_threads=int(s["data"]["num_threads"]),
+        )
+        start = 0
+        if resume_from is not None:
+            state = read_trainer_state(resume_from)
+            loader.load_state_dict(load_checkpoint(acc, resume_from, scheduler))
+            start, self.global_step = int(state["stage_step"]), int(state["global_step"])
+            logger.info("resumed from %s at stage %s step %d", resume_from, stage["name"], start)
+        self.model.train()
+        frozen_parts_to_eval(self.model)
+        steps = int(stage["steps"])
+        if self.is_main:
+            logger.info("stage %s: %d steps, %d trainable parameters in %d tensors", stage["name"], steps,
+                        count_parameters(self.model, trainable), len(trainable))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        samples_per_step = int(s["batch_size"]) * int(s["grad_accum"]) * acc.num_processes
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=stage["name"], disable=not (self.is_main and s["progress"]),
+                   dynamic_ncols=True)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        window_start, window_steps = time.perf_counter(), 0
+        save_every, log_every = int(s["save_every"] or 0), max(1, int(s["log_every"]))
+        stopped = False
+        for stage_step in range(start, steps):
+            grad_norm = None
+            for _ in range(int(s["grad_accum"])):
+                batch: TaskBatch = loader.next_batch()
+                with acc.accumulate(wrapped):
+                    loss, parts = wrapped(batch.task, self._to_device(batch.inputs))
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        if s["max_grad_norm"]:
+                            grad_norm = acc.clip_grad_norm_(params, float(s["max_grad_norm"]))
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                for key in ("loss", f"loss/{batch.task}"):
+                    sums[key] += value
+                    counts[key] += 1
+                for key, part in parts.items():
+                    sums[f"{batch.task}/{key}"] += float(part)
+                    counts[f"{batch.task}/{key}"] += 1
+            scheduler.step()
+            self.global_step += 1
+            window_steps += 1
+            done = stage_step + 1
+            if done % log_every == 0 or done == steps:
+                means = self._reduce_means(sums, counts)
+                elapsed = time.perf_counter() - window_start
+                record = {"step": self.global_step, "stage": stage["name"], "stage_step": done, **means,
+                          "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_step * window_steps / elapsed,
+                          "skipped": loader.skips.total}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                record.update({f"epoch/{name}": round(stream.epoch, 4)
+                               for name, stream in self.streams.items() if hasattr(stream, "epoch")})
+                self._log(record)
+                bar.set_postfix(loss=f"{means.get('loss', math.nan):.4f}", sps=f"{record['samples_per_s']:.1f}")
+                sums.clear()
+                counts.clear()
+                window_steps = 0
+            bar.update(1)
+            stop = s["stop_after"] is not None and self.global_step >= int(s["stop_after"])
+            if (save_every and done % save_every == 0) or done == steps or stop:
+                save_checkpoint(
+                    acc, self.output_dir / "checkpoints", self.global_step,
+                    {"stage_index": index, "stage": stage["name"], "stage_step": done,
+                     "global_step": self.global_step},
+                    scheduler, loader.state_dict(), keep_last=int(s["keep_last"]),
+                )
+            if s["sample_every"] and done % int(s["sample_every"]) == 0 and done != steps:
+                self.write_samples(f"step-{self.global_step:08d}")
+            if stop:
+                stopped = True
+                break
+            if window_steps == 0:  # do not count checkpoint and sample time in the next throughput window
+                window_start = time.perf_counter()
+        bar.close()
+        self._report_skips(stage["name"], loader)
+        if not stopped:
+            self.write_samples(f"{stage['name']}-end")
+        return not stopped
+
+    def _report_skips(self, stage: str, loader: MixtureLoader) -> None:
+        from accelerate.utils import gather_object
+
+        counts: dict[str, int] = defaultdict(int)
+        for part in gather_object([loader.skips.state_dict()]):
+            for reason, n in part.items():
+                counts[reason] += n
+        if self.is_main:
+            total = sum(counts.values())
+            line = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+            logger.warning("stage %s: skipped %d bad records (%s)", stage, total, line) if total else None
+            self._log({"step": self.global_step, "stage": stage, "skipped_by_reason": dict(counts)})
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        """Run the stages; returns the folder of the final model, or None if ``stop_after`` ended this launch."""
+        s = self.settings
+        resume = resolve_resume(s["resume"], self.output_dir / "checkpoints")
+        state = read_trainer_state(resume) if resume is not None else None
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+        for index, stage in enumerate(s["stages"]):
+            if s["only_stages"] and stage["name"] not in s["only_stages"]:
+                continue
+            if state is not None and index < int(state["stage_index"]):
+                continue
+            from_ckpt = resume if state is not None and index == int(state["stage_index"]) else None
+            if not self.run_stage(index, stage, from_ckpt):
+                return None
+        self.accelerator.wait_for_everyone()
+        final = self.output_dir / "final"
+        if self.is_main:
+            self.save_final(final)
+        self.accelerator.wait_for_everyone()
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+        return final
+
+    def save_final(self, folder: Path) -> None:
+        """The trained model in unimm's format (``config.yaml``, ``model.safetensors``, tokenizer)."""
+        from ..pretrained import save_pretrained
+
+        save_pretrained(self.model, self.processor, self.cfg, folder)
+
+
+def train_main(
+    cfg: DictConfig | Mapping[str, Any], model: nn.Module | None = None, processor: Any = None
+) -> Path | None:
+    """Train as ``cfg.train`` says (see docs/training.md); returns the final model folder (None if stopped early)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Trainer(cfg, model=model, processor=processor).fit()
