@@ -8,7 +8,6 @@ with both numbers.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from . import parts  # noqa: F401  (registers every built-in part)
 from .config import load_config
 from .model import UnifiedModel
 from .processor import Processor, load_tokenizer
-from .registry import ALIGNERS, BACKBONES, ENCODERS, GENERATORS, ConfigError, Registry, to_plain
+from .registry import ALIGNERS, AUTOENCODERS, BACKBONES, ENCODERS, GENERATORS, HEADS, ConfigError, Registry, to_plain
 
 SLOTS: dict[str, Registry] = {
     "und_encoder": ENCODERS,
@@ -27,31 +26,23 @@ SLOTS: dict[str, Registry] = {
     "backbone": BACKBONES,
     "generator": GENERATORS,
 }
+#: Sub-slots that a part builds through a registry of its own (the generation path's autoencoder, aligner, head).
+NESTED_SLOTS: dict[str, Registry] = {"autoencoder": AUTOENCODERS, "aligner": ALIGNERS, "head": HEADS}
 
 
 def check_slots(model_cfg: dict) -> None:
-    """Check each slot's type and keys before anything is built."""
+    """Check each slot's type, keys and value types before anything is built, nested part slots included."""
     for slot, registry in SLOTS.items():
-        slot_cfg = model_cfg.get(slot)
-        if slot_cfg is None:
-            continue
-        where = f"model.{slot}"
-        if not isinstance(slot_cfg, dict) or "type" not in slot_cfg:
-            raise ConfigError(f"{where} must be a mapping with a 'type'; choices: {', '.join(registry.names())}")
-        builder = registry.get(slot_cfg["type"], where=where)
-        params = inspect.signature(builder).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue
-        for key in slot_cfg:
-            if key != "type" and key not in params:
-                import difflib
+        if model_cfg.get(slot) is not None:
+            _check_tree(registry, model_cfg[slot], f"model.{slot}")
 
-                match = difflib.get_close_matches(key, list(params), n=1)
-                hint = f" Did you mean '{match[0]}'?" if match else ""
-                raise ConfigError(
-                    f"{where}.{key}: unknown key for {registry.kind} '{slot_cfg['type']}'.{hint} "
-                    f"Valid keys: {', '.join(params)}"
-                )
+
+def _check_tree(registry: Registry, cfg: Any, where: str) -> None:
+    registry.check(cfg, where=where)
+    for key, nested_registry in NESTED_SLOTS.items():
+        value = cfg.get(key) if isinstance(cfg, dict) else None
+        if isinstance(value, dict) and "type" in value:
+            _check_tree(nested_registry, value, f"{where}.{key}")
 
 
 def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -> UnifiedModel:
@@ -66,6 +57,7 @@ def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -
         model_cfg["und_aligner"], where="model.und_aligner",
         inferred={"in_dim": encoder.out_dim, "out_dim": backbone.hidden_size},
     )
+    _check_pairing(encoder, aligner)
     generator = None
     if model_cfg.get("generator"):
         generator = GENERATORS.build(
@@ -74,6 +66,20 @@ def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -
         )
     return UnifiedModel(encoder, aligner, backbone, generator,
                         und_start_embed=bool(model_cfg.get("und_start_embed", False)))
+
+
+def _check_pairing(encoder, aligner) -> None:
+    """The hybrid encoder yields (high, low) token pairs, which only the split aligner can read."""
+    from .aligners.hybrid_split import HybridSplitAligner
+    from .encoders.hybrid import HybridEncoder
+
+    if isinstance(encoder, HybridEncoder) != isinstance(aligner, HybridSplitAligner):
+        raise ConfigError(
+            f"model.und_aligner: a {type(encoder).__name__} needs "
+            f"{'the' if isinstance(encoder, HybridEncoder) else 'a single-sequence aligner, not the'} "
+            f"low_high_hybrid_split_mlp_gelu aligner, got {type(aligner).__name__}; e.g. "
+            f"model.und_aligner=@parts/und_aligner/{'hybrid_split_mlp_gelu' if isinstance(encoder, HybridEncoder) else 'mlp_gelu'}"
+        )
 
 
 def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | Path | None = None) -> Processor:

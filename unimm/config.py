@@ -80,11 +80,16 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
             raise ConfigError(f"override '{item}' must look like key=value (e.g. model.backbone.num_hidden_layers=4)")
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key (e.g. model.backbone.num_hidden_layers=4)")
         if raw.startswith("@"):
             value = OmegaConf.to_container(OmegaConf.load(find_config(raw[1:])), resolve=True)
             OmegaConf.update(cfg, key, value, merge=False)
             continue
-        value = OmegaConf.from_dotlist([f"x={raw}"]).x
+        try:
+            value = OmegaConf.from_dotlist([f"x={raw}"]).x
+        except Exception as err:  # YAML syntax errors in the value, e.g. an unclosed list
+            raise ConfigError(f"override '{item}': cannot parse the value {raw!r} ({str(err).splitlines()[0]})") from err
         if key.endswith(".type"):
             slot = key[: -len(".type")]
             current = OmegaConf.select(cfg, slot)
@@ -126,7 +131,7 @@ def _resolve_paths(cfg: DictConfig, base: Path) -> None:
         if isinstance(node, DictConfig):
             for key in list(node.keys()):
                 value = node[key] if not OmegaConf.is_missing(node, key) else None
-                if isinstance(value, str) and (key == "tokenizer" or key.endswith("path")):
+                if isinstance(value, str) and (key in ("tokenizer", "jsonl", "shards") or key.endswith("path")):
                     candidate = base / value
                     if not Path(value).is_absolute() and candidate.exists():
                         node[key] = str(candidate.resolve())

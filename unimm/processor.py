@@ -208,7 +208,9 @@ class Processor:
         token_answer = [False] * len(ids)
         if with_labels:
             for i, (start, end) in enumerate(encoded["offset_mapping"]):
-                token_answer[i] = any(a <= start and end <= b and end > start for a, b in answer_spans)
+                # Overlap, not containment: byte-level BPE merges the template's space with the answer's first
+                # characters (": ok" -> ":", " o", "k"), and that token is the answer's first prediction.
+                token_answer[i] = end > start and any(start < b and end > a for a, b in answer_spans)
         out_ids: list[int] = []
         out_answer: list[bool] = []
         for token, is_answer in zip(ids, token_answer):

@@ -7,6 +7,7 @@ the reference ``VLMImageProcessor`` to float precision, and it refuses or repair
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,30 +17,29 @@ from PIL import Image, UnidentifiedImageError
 
 from ..registry import InputError
 
-# Largest image (in pixels) we decode at full size; larger ones are first shrunk with PIL's draft/thumbnail so a
-# huge photo does not take gigabytes of memory before being resized to a few hundred pixels anyway.
+# Largest image (in pixels) we decode; larger JPEGs are shrunk while decoding (PIL's draft) and other larger files
+# refused, so a huge photo does not take gigabytes of memory before being resized to a few hundred pixels anyway.
 MAX_DECODE_PIXELS = 64_000_000
 
 
 def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
-    """Open ``source`` (path, PIL image, HWC uint8 array or CHW float tensor in [0, 1]) as an RGB PIL image.
+    """Open ``source`` (path, PIL image, HxW(xC) array, or (C, H, W) tensor) as an RGB PIL image.
 
-    Grayscale, palette and CMYK images are converted to RGB; transparent pixels (RGBA, LA, palette with
-    transparency) are composited onto white, the way viewers show them.
+    Arrays may be uint8, 16-bit, or float in [0, 1] (float arrays above 1 are read as 0-255); float tensors are
+    clamped to [0, 1], uint8 tensors taken as 0-255. Grayscale, palette, CMYK and 16-bit images are converted to
+    RGB; transparent pixels (RGBA, LA, palette with transparency) are composited onto white, the way viewers
+    show them. Files over ``MAX_DECODE_PIXELS`` are shrunk while decoding (JPEG) or refused.
 
     Raises:
-        InputError: the file is missing or unreadable, or the array has an unsupported shape.
+        InputError: the file is missing, unreadable or too large, the array has an unsupported shape, or the
+            values are not finite.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"image file not found: {path}")
         try:
-            Image.MAX_IMAGE_PIXELS = None  # we guard size ourselves below
-            image = Image.open(path)
-            if image.width * image.height > MAX_DECODE_PIXELS:
-                image.draft("RGB", (4096, 4096))
-                image.thumbnail((4096, 4096))
+            image = _open_bounded(path)
             image.load()
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise InputError(f"cannot read image {path}: {err}. Is it a PNG/JPEG/WebP file?") from err
@@ -53,15 +53,16 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
             raise InputError(f"image array must be HxW, HxWx3 or HxWx4 uint8, got shape {array.shape}")
         if array.shape[-1] == 1:
             array = array.repeat(3, axis=-1)
-        if array.dtype != np.uint8:
-            array = np.clip(array * 255.0 if array.max() <= 1.0 else array, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
+        image = Image.fromarray(_to_uint8(array))
     elif isinstance(source, torch.Tensor):
         tensor = source.detach().cpu()
         if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
             raise InputError(f"image tensor must be (3, H, W) or (1, H, W) in [0, 1], got shape {tuple(tensor.shape)}")
-        array = (tensor.clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        image = Image.fromarray(array)
+        if tensor.is_floating_point():
+            if not torch.isfinite(tensor).all():
+                raise InputError("image tensor has NaN or infinite values")
+            tensor = (tensor.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        image = Image.fromarray(_to_uint8(tensor.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()))
     else:
         raise InputError(f"unsupported image type {type(source).__name__}; give a path, PIL image, array or tensor")
     if image.width < 1 or image.height < 1:
@@ -69,10 +70,53 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
     return to_rgb(image)
 
 
+def _open_bounded(path: Path) -> Image.Image:
+    """Open ``path`` lazily; shrink images over ``MAX_DECODE_PIXELS`` while decoding (JPEG) or refuse them."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check would refuse big JPEGs that draft() decodes cheaply
+    try:
+        image = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous  # never leave PIL's global guard disabled for the caller
+    if image.width * image.height > MAX_DECODE_PIXELS:
+        width, height = image.size
+        # JPEG decodes at 1/2 .. 1/8 scale, the strongest reduction that stays at least this big (so under the
+        # limit: one more halving would go below it); other formats ignore draft().
+        scale = math.sqrt(MAX_DECODE_PIXELS / (width * height)) / 2
+        image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+        if image.width * image.height > MAX_DECODE_PIXELS:
+            raise InputError(
+                f"image {path} is {width}x{height} pixels, more than the {MAX_DECODE_PIXELS / 1e6:.0f} megapixels "
+                f"unimm decodes (only JPEG files are shrunk while decoding); downscale it first"
+            )
+    return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """An HxWxC array of any numeric dtype -> uint8: floats in [0, 1] (or [0, 255]) and 16-bit values are scaled."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InputError("image array has NaN or infinite values")
+        array = array * 255.0 if array.size and array.max() <= 1.0 else array
+    elif array.dtype == np.uint16 or (array.size and array.max() > 255):
+        array = array / 257.0  # 16-bit samples: 65535 -> 255
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB, compositing transparency onto white."""
+    """Convert any PIL mode to RGB, compositing transparency onto white; 16-bit and float modes are rescaled."""
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # PIL's convert("RGB") clips these to 0..255, which turns a 16-bit picture white.
+        array = np.asarray(image)
+        if image.mode.startswith("I;16"):
+            array = array.astype(np.uint16)
+        return Image.fromarray(_to_uint8(array)[..., None].repeat(3, axis=-1))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -107,7 +151,7 @@ class PadToSquare:
         self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
         self.background = tuple(background) if background is not None else tuple(int(m * 255) for m in mean)
-        self.min_size = min_size
+        self.min_size = min(min_size, self.image_size)  # tiny encoders: never larger than the output
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Resize so the long side is ``image_size`` and pad to a square; returns an RGB PIL image."""

@@ -105,6 +105,23 @@ class Registry:
             ConfigError: unknown type, unknown or misspelled keys, missing required keys, wrong value types,
                 or a config value that contradicts an inferred one.
         """
+        builder, kwargs = self._checked(cfg, where, inferred, require=True)
+        return builder(**kwargs)
+
+    def check(self, cfg: Mapping[str, Any], *, where: str = "") -> None:
+        """Check ``cfg`` as :meth:`build` would (type name, unknown keys, value types) without building anything.
+
+        Required keys are not checked here: values inferred from neighbouring parts may still fill them.
+
+        Raises:
+            ConfigError: as :meth:`build`.
+        """
+        self._checked(cfg, where, None, require=False)
+
+    def _checked(
+        self, cfg: Any, where: str, inferred: Mapping[str, Any] | None, require: bool
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The builder and its keyword arguments for ``cfg``, after every check."""
         cfg = to_plain(cfg)
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where or self.kind} must be a mapping with a 'type' key, got {cfg!r}")
@@ -135,11 +152,11 @@ class Registry:
         for name, param in params.items():
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 continue
-            if param.default is inspect.Parameter.empty and name not in kwargs:
+            if require and param.default is inspect.Parameter.empty and name not in kwargs:
                 raise ConfigError(f"{where}.{name}: required by {self.kind} '{cfg['type']}' but not given")
             if name in kwargs:
                 _check_type(builder, name, kwargs[name], f"{where}.{name}")
-        return builder(**kwargs)
+        return builder, kwargs
 
 
 def _parameters(builder: Callable) -> dict[str, inspect.Parameter]:

@@ -1,0 +1,23 @@
+"""Model building: part pairings that cannot work fail at build time with the fix in the message."""
+
+import pytest
+import torch
+
+import unimm
+from unimm.encoders.transforms import PadToSquare
+
+
+def test_hybrid_encoder_needs_the_split_aligner():
+    with pytest.raises(unimm.ConfigError, match=r"HybridEncoder needs the low_high_hybrid_split_mlp_gelu aligner, "
+                                                r"got MLPAligner; e\.g\. model\.und_aligner=@parts/und_aligner/hybrid"):
+        unimm.build_model("janus_tiny", ["model.und_encoder=@parts/und_encoder/sam_siglip_tiny"])
+
+
+def test_split_aligner_needs_the_hybrid_encoder():
+    with pytest.raises(unimm.ConfigError, match=r"SigLIPEncoder needs a single-sequence aligner"):
+        unimm.build_model("janus_tiny", ["model.und_aligner=@parts/und_aligner/hybrid_split_mlp_gelu"])
+
+
+def test_tiny_transforms_never_exceed_their_size():
+    out = PadToSquare(8)(torch.rand(3, 1, 40))  # a 1-pixel strip would be padded to min_size 14 without the cap
+    assert out.shape == (3, 8, 8)

@@ -1,0 +1,90 @@
+"""The ``unimm`` command: list, config show (and its error path), understand, generate and convert."""
+
+import pytest
+import torch
+from PIL import Image
+
+import unimm
+from conftest import GOLDEN
+from unimm.cli import main
+from unimm.registry import ALL_REGISTRIES
+
+JANUS = GOLDEN / "janus_tiny"
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for kind, registry in ALL_REGISTRIES.items():
+        assert f"{kind} ({registry.kind}):" in out
+        for name in registry.names():
+            assert f"  {name} " in out
+
+
+def test_config_show(capsys):
+    assert main(["config", "show", "janus_tiny", "model.backbone.num_hidden_layers=1"]) == 0
+    out = capsys.readouterr().out
+    assert "name: janus-tiny" in out and "num_hidden_layers: 1" in out
+    assert "# built:" in out and "#   und_encoder  SigLIPEncoder" in out and "#   total " in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["janus_tiny", "model.und_aligner.dept=2"], "model.und_aligner.dept: unknown key for aligner 'mlp_gelu'. "
+                                                     "Did you mean 'depth'?"),
+        (["janus_tinny"], "no config file 'janus_tinny'. Did you mean 'janus_tiny'?"),
+        (["janus_tiny", "model.backbone"], "override 'model.backbone' must look like key=value"),
+    ],
+)
+def test_config_show_errors_exit_2_without_a_traceback(capsys, args, message):
+    assert main(["config", "show", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("unimm: error: ") and message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_understand(capsys):
+    args = ["understand", "--model", str(JANUS), "--image", str(JANUS / "und_image.png"), "--question",
+            "What is in the picture?", "--max-new-tokens", "6"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    model, processor, _ = unimm.load_pretrained(JANUS)
+    batch = processor([{"role": "user", "content": "<image_placeholder>\nWhat is in the picture?"},
+                       {"role": "assistant", "content": ""}], [JANUS / "und_image.png"])
+    tokens = model.generate_text(batch, max_new_tokens=6, eos_id=processor.eos_id, pad_id=processor.pad_id)
+    expected = processor.decode(tokens[0])
+    assert expected.strip(), "the tiny model answered nothing; the check below would be empty"
+    assert out == expected + "\n"
+
+
+def test_understand_missing_image_is_a_clean_error(capsys, tmp_path):
+    args = ["understand", "--model", str(JANUS), "--image", str(tmp_path / "nope.png"), "--question", "hi"]
+    assert main(args) == 2
+    assert f"unimm: error: image file not found: {tmp_path / 'nope.png'}" in capsys.readouterr().err
+
+
+def test_generate_writes_pngs(capsys, tmp_path):
+    args = ["generate", "--model", str(JANUS), "--override", "model.generator.image_size=16", "--prompt", "a cat",
+            "--num-images", "1", "--out", str(tmp_path), "--prefix", "cat"]
+    assert main(args) == 0
+    paths = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in paths] == ["cat_000.png"]
+    assert str(paths[0]) in capsys.readouterr().out
+    with Image.open(paths[0]) as image:
+        assert image.size == (16, 16) and image.mode == "RGB"
+
+
+def test_convert(capsys, tmp_path):
+    assert main(["convert", str(JANUS), str(tmp_path / "converted")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "converted")
+    assert (tmp_path / "converted" / "config.yaml").is_file()
+    original, _, _ = unimm.load_pretrained(JANUS)
+    converted, _, _ = unimm.load_pretrained(tmp_path / "converted")
+    for key, value in original.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value), key
+
+
+def test_convert_bad_source_exits_2(capsys, tmp_path):
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
