@@ -49,7 +49,9 @@ def _hf_config(model_type: str, fields: dict[str, Any], where: str):
         match = difflib.get_close_matches(model_type, names, n=1)
         hint = f" Did you mean '{match[0]}'?" if match else ""
         raise ConfigError(f"{where}.model_type: transformers has no model type '{model_type}'.{hint}")
-    known = set(CONFIG_MAPPING[model_type]().to_dict()) | _ALWAYS_ALLOWED
+    config_class = CONFIG_MAPPING[model_type]
+    # to_dict() names the family's own fields; attribute_map adds the common aliases (hidden_size for gpt2's n_embd)
+    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | _ALWAYS_ALLOWED
     for key in fields:
         if key not in known:
             match = difflib.get_close_matches(key, sorted(known), n=1)

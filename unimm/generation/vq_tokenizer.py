@@ -364,4 +364,11 @@ def llamagen_vq(
             f"model.generator.autoencoder: llamagen_vq needs {', '.join(missing)}; give them or set "
             f"variant to one of {', '.join(VQ_VARIANTS)}"
         )
+    narrow = [sizes["ch"] * m for m in sizes["ch_mult"] if (sizes["ch"] * m) % 32]
+    if narrow:
+        raise ConfigError(
+            f"model.generator.autoencoder.ch = {sizes['ch']} with ch_mult {list(sizes['ch_mult'])} gives widths "
+            f"{narrow} that are not multiples of 32, but taming's blocks normalise with GroupNorm(32 groups); "
+            f"use ch = 32 or a multiple of it"
+        )
     return VQTokenizer(beta=beta, **sizes)
