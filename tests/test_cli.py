@@ -88,3 +88,9 @@ def test_convert(capsys, tmp_path):
 def test_convert_bad_source_exits_2(capsys, tmp_path):
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+def test_bench_export_writes_a_split(tmp_path, capsys):
+    assert main(["bench", "export", str(tmp_path / "shapes"), "--split", "test", "--n", "3"]) == 0
+    assert len((tmp_path / "shapes" / "t2i.jsonl").read_text().splitlines()) == 3
+    assert len(list((tmp_path / "shapes" / "images").glob("*.png"))) == 3

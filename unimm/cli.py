@@ -103,10 +103,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_main(load_config(args.config, overrides))
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def cmd_bench_export(args: argparse.Namespace) -> int:
     from .bench.export import export_main
 
-    export_main(args.rest)
+    return export_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,20 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     train.set_defaults(func=cmd_train)
 
-    bench = sub.add_parser("bench", help="synthetic shapes benchmark (run `unimm bench export --help`)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    bench = sub.add_parser("bench", help="synthetic shapes benchmark").add_subparsers(dest="action", required=True)
+    export = bench.add_parser("export", help="write a split to disk (see `unimm bench export --help`)")
+    export.add_argument("rest", nargs=argparse.REMAINDER)
+    export.set_defaults(func=cmd_bench_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "export"]:  # the exporter parses its own options (and its own --help)
+        from .bench.export import export_main
+
+        return export_main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return int(args.func(args) or 0)
     except UnimmError as err:
         print(f"unimm: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
