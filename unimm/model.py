@@ -20,15 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones.causal_lm import positions_from_mask
 from .generation.base import GenerationLoss, GenerationPath
 from .registry import InputError
 
 IGNORE_INDEX = -100
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too). (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class UnifiedModel(nn.Module):

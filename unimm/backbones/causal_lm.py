@@ -24,6 +24,11 @@ from ..registry import BACKBONES, ConfigError
 _ALWAYS_ALLOWED = {"torch_dtype", "dtype", "_attn_implementation_autoset", "transformers_version", "architectures"}
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too). (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 @dataclass
 class BackboneOutput:
     """What one backbone call returns.

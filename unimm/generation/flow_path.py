@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from ..backbones.causal_lm import positions_from_mask
 from ..registry import AUTOENCODERS, GENERATORS, CheckpointError, ConfigError, InputError
 from .base import GenerationLoss, GenerationPath
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
@@ -65,11 +66,6 @@ def _build_uvit(cls: type, params: dict[str, Any] | None, defaults: dict[str, An
         )
     params["hidden_size"] = hidden_size
     return cls(**params)
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded batch: 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class RectifiedFlowPath(GenerationPath):
@@ -280,7 +276,7 @@ class RectifiedFlowPath(GenerationPath):
         attention_mask = torch.cat([prefix_mask, prefix_mask.new_ones(2 * batch, 1 + n)], dim=1)
         # Both halves use the conditional prompt's positions: masking the unconditional prompt does not move
         # the image, exactly as in the released demo.
-        positions = _positions(prompt_mask).repeat(2, 1)
+        positions = positions_from_mask(prompt_mask).repeat(2, 1)
         prefix_pos = positions[:, :-1]
         gen_pos = positions[:, -1:] + torch.arange(1 + n, device=device)
 
@@ -388,7 +384,7 @@ class RectifiedFlowPath(GenerationPath):
         gen_embeds, t_emb, skip = self._generation_embeds(z_t, t)
 
         mask = prompt_mask.long()
-        positions = _positions(mask)
+        positions = positions_from_mask(mask)
         out = backbone(
             torch.cat([prompt_embeds[:, :-1], gen_embeds], dim=1),
             attention_mask=torch.cat([mask[:, :-1], mask.new_ones(batch, 1 + n)], dim=1),

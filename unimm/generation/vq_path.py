@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import aligners as _aligners  # noqa: F401  (registers the aligners a config may name)
 from ..heads import image_head as _image_head  # noqa: F401  (registers vq_image_head)
+from ..backbones.causal_lm import positions_from_mask
 from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, InputError
 from .base import GenerationLoss, GenerationPath
 from .sampling import sample_next
@@ -41,11 +42,6 @@ class VQSample(NamedTuple):
     images: torch.Tensor
     codes: torch.Tensor
     logits: torch.Tensor
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding: (B, T) mask -> (B, T), 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class VQGenerationPath(GenerationPath):
@@ -183,7 +179,7 @@ class VQGenerationPath(GenerationPath):
         ids = torch.stack([prompt_ids, uncond_ids], dim=1).flatten(0, 1)
         mask = mask.repeat_interleave(2, dim=0)
         full_mask = torch.cat([mask, mask.new_ones(2 * batch, steps - 1)], dim=1)
-        positions = _positions(mask)
+        positions = positions_from_mask(mask)
         next_position = mask.sum(dim=-1, keepdim=True)  # (2B, 1) position of the first image token
 
         inputs = backbone.embed(ids)
@@ -254,7 +250,7 @@ class VQGenerationPath(GenerationPath):
         image_inputs = self.embed_codes(codes[:, :-1]).to(prompt_embeds.dtype)
         inputs = torch.cat([prompt_embeds, image_inputs], dim=1)
         mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(codes.shape[0], codes.shape[1] - 1).long()], dim=1)
-        hidden = backbone(inputs, attention_mask=mask, position_ids=_positions(mask)).hidden_states
+        hidden = backbone(inputs, attention_mask=mask, position_ids=positions_from_mask(mask)).hidden_states
         logits = self.head(hidden[:, length - 1 :])
         ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
         return GenerationLoss(ce, {"ce": ce.detach()})
