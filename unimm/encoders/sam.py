@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
+from ..registry.variants import resolve_sizes
 from .transforms import PadToSquare
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,22 +94,13 @@ class SAMEncoder(nn.Module):
         super().__init__()
         from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-        sizes = dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
-                     mlp_ratio=mlp_ratio, global_attn_indexes=global_attn_indexes, window_size=window_size,
-                     neck_dim=neck_dim, downsample_channels=downsample_channels)
-        if variant is not None:
-            if variant not in SAM_VARIANTS:
-                raise ConfigError(
-                    f"model.und_encoder.variant: unknown SAM variant '{variant}'. "
-                    f"Choices: {', '.join(SAM_VARIANTS)}, or variant: null with explicit sizes"
-                )
-            sizes = {k: (v if v is not None else SAM_VARIANTS[variant][k]) for k, v in sizes.items()}
-        else:  # the reference fixes these two for every SAM tower
-            sizes["window_size"] = 14 if window_size is None else window_size
-            sizes["mlp_ratio"] = 4.0 if mlp_ratio is None else mlp_ratio
-        missing = [k for k, v in sizes.items() if v is None]
-        if missing:
-            raise ConfigError(f"model.und_encoder: SAM needs {', '.join(missing)} when no variant is given")
+        sizes = resolve_sizes(
+            dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                 mlp_ratio=mlp_ratio, global_attn_indexes=global_attn_indexes, window_size=window_size,
+                 neck_dim=neck_dim, downsample_channels=downsample_channels),
+            variant, SAM_VARIANTS, family="SAM", where="model.und_encoder",
+            defaults={"window_size": 14, "mlp_ratio": 4.0},  # the reference fixes these for every SAM tower
+        )
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
                 f"model.und_encoder: SAM image_size {sizes['image_size']} is not a multiple of patch_size "

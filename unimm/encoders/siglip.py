@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
+from ..registry.variants import resolve_sizes
 from .transforms import PadToSquare
 
 # Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
@@ -56,18 +57,11 @@ class SigLIPEncoder(nn.Module):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
 
-        sizes = dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
-                     mlp_ratio=mlp_ratio)
-        if variant is not None:
-            if variant not in SIGLIP_VARIANTS:
-                raise ConfigError(
-                    f"model.und_encoder.variant: unknown SigLIP variant '{variant}'. "
-                    f"Choices: {', '.join(SIGLIP_VARIANTS)}, or variant: null with explicit sizes"
-                )
-            sizes = {k: (v if v is not None else SIGLIP_VARIANTS[variant][k]) for k, v in sizes.items()}
-        missing = [k for k, v in sizes.items() if v is None]
-        if missing:
-            raise ConfigError(f"model.und_encoder: SigLIP needs {', '.join(missing)} when no variant is given")
+        sizes = resolve_sizes(
+            dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                 mlp_ratio=mlp_ratio),
+            variant, SIGLIP_VARIANTS, family="SigLIP", where="model.und_encoder",
+        )
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
                 f"model.und_encoder: image_size {sizes['image_size']} is not a multiple of patch_size "

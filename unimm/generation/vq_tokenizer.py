@@ -28,6 +28,7 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from torch import nn
 
 from ..registry import AUTOENCODERS, CheckpointError, ConfigError, InputError
+from ..registry.variants import resolve_sizes
 
 
 @dataclass
@@ -337,33 +338,12 @@ def llamagen_vq(
     beta: float = 0.25,
 ) -> VQTokenizer:
     """LlamaGen VQ tokenizer (Janus, Janus-Pro). ``variant`` "vq_16" gives the released one; explicit sizes win."""
-    sizes: dict = {}
-    if variant is not None:
-        name = _VARIANT_ALIASES.get(variant, variant)
-        if name not in VQ_VARIANTS:
-            raise ConfigError(
-                f"model.generator.autoencoder.variant: unknown LlamaGen VQ variant '{variant}'. "
-                f"Choices: {', '.join(VQ_VARIANTS)} (or leave it out and give every size)"
-            )
-        sizes.update(VQ_VARIANTS[name])
-    explicit = dict(
-        ch=ch,
-        ch_mult=ch_mult,
-        z_channels=z_channels,
-        num_res_blocks=num_res_blocks,
-        codebook_size=codebook_size,
-        codebook_embed_dim=codebook_embed_dim,
-        image_size=image_size,
+    sizes = resolve_sizes(
+        dict(ch=ch, ch_mult=ch_mult, z_channels=z_channels, num_res_blocks=num_res_blocks,
+             codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, image_size=image_size),
+        variant, VQ_VARIANTS, family="LlamaGen VQ", where="model.generator.autoencoder",
+        defaults={"num_res_blocks": 2, "image_size": 384}, aliases=_VARIANT_ALIASES,
     )
-    sizes.update({k: v for k, v in explicit.items() if v is not None})
-    sizes.setdefault("num_res_blocks", 2)
-    sizes.setdefault("image_size", 384)
-    missing = [k for k in ("ch", "ch_mult", "z_channels", "codebook_size", "codebook_embed_dim") if k not in sizes]
-    if missing:
-        raise ConfigError(
-            f"model.generator.autoencoder: llamagen_vq needs {', '.join(missing)}; give them or set "
-            f"variant to one of {', '.join(VQ_VARIANTS)}"
-        )
     narrow = [sizes["ch"] * m for m in sizes["ch_mult"] if (sizes["ch"] * m) % 32]
     if narrow:
         raise ConfigError(
