@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import MixtureLoader, TaskBatch, TaskSampler, build_streams, caption_dropout_of
+from ..images import save_images
 from ..registry import ConfigError, to_plain
 from .checkpointing import load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
 from .freeze import apply_stage, count_parameters, frozen_parts_to_eval
@@ -255,10 +256,7 @@ class Trainer:
                     ids, mask = self.processor.generation_prompts(list(spec["captions"]))
                     images = model.generate_images(ids, mask, pad_id=self.processor.pad_id,
                                                    seed=int(self.settings["seed"]), **(spec["options"] or {}))
-                    from PIL import Image
-
-                    for i, image in enumerate(((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()):
-                        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"image_{i:02d}.png")
+                    save_images(images, folder)
                 answers = []
                 for item in spec["questions"]:
                     conversation = [{"role": "user", "content": item["question"]},
