@@ -2,13 +2,16 @@
 
     unimm list                                   every registered part, by kind
     unimm config show CONFIG [key=value ...]     the resolved config and the model it builds
-    unimm understand --model M --image F --question Q
-    unimm generate --model M --prompt P [--num-images K] [--out DIR]
+    unimm understand [--model M] --image F --question Q
+    unimm generate [--model M] --prompt P [--num-images K] [--out DIR]
     unimm convert SRC DST                        a released folder -> unimm's format
     unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
     unimm bench export ...                       write the synthetic shapes benchmark to disk
+    unimm bench evaluate [--model M] DATA        score a model on an exported split
+    unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
 
-``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm).
+``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm); without it
+the small shapes model shipped in the package is used (:data:`unimm.pretrained.DEFAULT_MODEL`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,22 @@ from pathlib import Path
 from .registry import UnimmError
 
 
-def _load(model: str, overrides: list[str]):
-    from .pretrained import load_pretrained
+def _load(model: str | None, overrides: list[str]):
+    from .pretrained import DEFAULT_MODEL, load_pretrained
 
-    return load_pretrained(model, overrides=overrides)
+    return load_pretrained(model or DEFAULT_MODEL, overrides=overrides)
+
+
+def _sample_options(cfg, args: argparse.Namespace) -> dict:
+    """The model config's ``sample`` defaults, then the options given on the command line."""
+    from omegaconf import OmegaConf
+
+    options = dict(OmegaConf.to_container(cfg.get("sample") or {}, resolve=True))
+    for name, value in (("guidance", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
+                        ("num_steps", args.steps)):
+        if value is not None:
+            options[name] = value
+    return options
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -72,17 +87,9 @@ def cmd_understand(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_images
 
-    model, processor, _ = _load(args.model, args.overrides)
+    model, processor, cfg = _load(args.model, args.overrides)
     prompt_ids, prompt_mask = processor.generation_prompts([args.prompt] * args.num_images)
-    options = {"progress": True}
-    if args.guidance is not None:
-        options["guidance"] = args.guidance
-    if args.temperature is not None:
-        options["temperature"] = args.temperature
-    if args.top_k is not None:
-        options["top_k"] = args.top_k
-    if args.steps is not None:
-        options["num_steps"] = args.steps
+    options = {"progress": True, **_sample_options(cfg, args)}
     images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, **options)
     for path in save_images(images, args.out, prefix=args.prefix):
         print(path)
@@ -103,10 +110,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_main(load_config(args.config, overrides))
 
 
-def cmd_bench_export(args: argparse.Namespace) -> int:
-    from .bench.export import export_main
+def cmd_bench_evaluate(args: argparse.Namespace) -> None:
+    import torch
 
-    return export_main(args.rest)
+    from .bench.evaluate import evaluate_model, format_summary, write_summary
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, processor, cfg = _load(args.model, args.overrides)
+    tasks = [t for t in ("generation", "understanding") if getattr(args, t)] or ["generation", "understanding"]
+    if model.generator is None and "generation" in tasks:
+        tasks.remove("generation")
+    result = evaluate_model(model, processor, args.data, tasks=tasks, max_prompts=args.max_prompts,
+                            max_questions=args.max_questions, seed=args.seed, **_sample_options(cfg, args))
+    print(format_summary(result))
+    if args.json:
+        write_summary(result, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,10 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="model folder (released Janus layout or unimm's)")
+        p.add_argument("--model", help="model folder (released Janus layout or unimm's); default: the shipped "
+                       "shapes model (unimm/assets/models/shapes-janus)")
         p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override applied before building (repeatable)")
         p.add_argument("--seed", type=int, default=0)
+
+    def sample_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the model's)")
+        p.add_argument("--temperature", type=float, help="VQ models: sampling temperature (0 = argmax)")
+        p.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
+        p.add_argument("--steps", type=int, help="flow models: number of Euler steps")
 
     und = sub.add_parser("understand", help="answer a question about an image")
     model_args(und)
@@ -144,10 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=4)
     gen.add_argument("--out", default="outputs")
     gen.add_argument("--prefix", default="image")
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the model's)")
-    gen.add_argument("--temperature", type=float, help="VQ models: sampling temperature (0 = argmax)")
-    gen.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
-    gen.add_argument("--steps", type=int, help="flow models: number of Euler steps")
+    sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="convert a released checkpoint folder to unimm's format")
@@ -165,18 +188,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="synthetic shapes benchmark").add_subparsers(dest="action", required=True)
     export = bench.add_parser("export", help="write a split to disk (see `unimm bench export --help`)")
     export.add_argument("rest", nargs=argparse.REMAINDER)
-    export.set_defaults(func=cmd_bench_export)
+    export.set_defaults(func=None)  # handled in main(): the exporter parses its own options
+    evaluate = bench.add_parser("evaluate", help="score a model on an exported split (checker + exact match)")
+    model_args(evaluate)
+    sample_args(evaluate)
+    evaluate.add_argument("data", help="a folder written by `unimm bench export` (e.g. --split test)")
+    evaluate.add_argument("--generation", action="store_true", help="only score generation")
+    evaluate.add_argument("--understanding", action="store_true", help="only score understanding")
+    evaluate.add_argument("--max-prompts", type=int, help="score only the first N captions")
+    evaluate.add_argument("--max-questions", type=int, help="score only the first N questions")
+    evaluate.add_argument("--threads", type=int, help="torch threads")
+    evaluate.add_argument("--json", help="also write the accuracies to this JSON file")
+    evaluate.set_defaults(func=cmd_bench_evaluate)
+
+    repro = sub.add_parser("reproduce", help="Janus vs JanusFlow on the shapes benchmark (see docs/reproduce.md)")
+    repro.add_argument("rest", nargs=argparse.REMAINDER)
+    repro.set_defaults(func=None)  # handled in main(): the reproducer parses its own options
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "export"]:  # the exporter parses its own options (and its own --help)
-        from .bench.export import export_main
-
-        return export_main(argv[2:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:2] == ["bench", "export"]:  # these two parse their own options (and their own --help)
+            from .bench.export import export_main
+
+            return export_main(argv[2:])
+        if argv[:1] == ["reproduce"]:
+            from .bench.reproduce import reproduce_main
+
+            return reproduce_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except UnimmError as err:
         print(f"unimm: error: {err}", file=sys.stderr)

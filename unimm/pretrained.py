@@ -23,6 +23,10 @@ from .model import UnifiedModel
 from .processor import Processor
 from .registry import CheckpointError
 
+#: The small Janus-style model trained on the shapes benchmark by ``unimm reproduce``, shipped in the package so
+#: that ``unimm generate`` / ``unimm understand`` work with no download (README: its measured scores).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "models" / "shapes-janus"
+
 
 @dataclass
 class Pretrained:
@@ -90,8 +94,8 @@ def load_pretrained(
 def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path) -> Path:
     """Write ``model`` in unimm's format: ``config.yaml``, ``model.safetensors`` and the tokenizer files.
 
-    The VAE's weights are saved with the rest, so the folder no longer depends on the diffusers folder it came
-    from; its architecture is written into the config.
+    The autoencoder's weights are saved with the rest, so the folder no longer depends on the folder its
+    ``path`` named (a diffusers VAE, a trained VQ tokenizer); its architecture is written into the config.
     """
     from safetensors.torch import save_file
 
@@ -100,9 +104,14 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     generator = cfg.model.get("generator")
     if generator is not None and (generator.get("autoencoder") or {}).get("path"):
-        vae = model.generator.autoencoder
+        # The autoencoder's weights are saved with the rest; its architecture goes into the config instead.
+        autoencoder = model.generator.autoencoder
         generator.autoencoder.path = None
-        generator.autoencoder.config = {k: v for k, v in dict(vae.vae.config).items() if not k.startswith("_")}
+        if hasattr(autoencoder, "vae"):
+            generator.autoencoder.config = {k: v for k, v in dict(autoencoder.vae.config).items()
+                                            if not k.startswith("_")}
+        else:
+            generator.autoencoder.update(autoencoder.architecture)
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +126,9 @@ class VQTokenizer(nn.Module):
     ):
         super().__init__()
         self.image_size = image_size
+        self.architecture = dict(ch=ch, ch_mult=list(ch_mult), z_channels=z_channels, codebook_size=codebook_size,
+                                 codebook_embed_dim=codebook_embed_dim, num_res_blocks=num_res_blocks,
+                                 image_size=image_size, beta=beta)
         levels = len(ch_mult)
         # taming places attention blocks where the running resolution is in ``attn_resolutions``. LlamaGen has
         # attention only at the lowest level; a nominal resolution of 2**(levels-1) makes that level exactly 1,
@@ -221,6 +226,18 @@ class VQTokenizer(nn.Module):
         """Reconstruct images (B, 3, H, W) through the codebook; returns (reconstruction, VQLoss)."""
         quant, _, loss = self._quantize(images)
         return self.decode(quant), loss
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` (the sizes) and ``model.safetensors``; ``llamagen_vq(path=folder)`` reads them."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.architecture, indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        return folder
 
 
 # -- converter ---------------------------------------------------------------------------------------------------
@@ -336,8 +353,17 @@ def llamagen_vq(
     codebook_embed_dim: int | None = None,
     image_size: int | None = None,
     beta: float = 0.25,
+    path: str | None = None,
 ) -> VQTokenizer:
-    """LlamaGen VQ tokenizer (Janus, Janus-Pro). ``variant`` "vq_16" gives the released one; explicit sizes win."""
+    """LlamaGen VQ tokenizer (Janus, Janus-Pro). ``variant`` "vq_16" gives the released one; explicit sizes win.
+
+    ``path``: a folder written by :meth:`VQTokenizer.save` (e.g. by :func:`unimm.train.autoencoder.train_autoencoder`);
+    its ``config.json`` gives the sizes (explicit ones must agree) and its weights are loaded.
+    """
+    if path is not None:
+        return _load_vq_folder(path, dict(variant=variant, ch=ch, ch_mult=ch_mult, z_channels=z_channels,
+                                          num_res_blocks=num_res_blocks, codebook_size=codebook_size,
+                                          codebook_embed_dim=codebook_embed_dim), image_size, beta)
     sizes = resolve_sizes(
         dict(ch=ch, ch_mult=ch_mult, z_channels=z_channels, num_res_blocks=num_res_blocks,
              codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, image_size=image_size),
@@ -352,3 +378,28 @@ def llamagen_vq(
             f"use ch = 32 or a multiple of it"
         )
     return VQTokenizer(beta=beta, **sizes)
+
+
+def _load_vq_folder(path: str, given: dict, image_size: int | None, beta: float) -> VQTokenizer:
+    """A tokenizer saved by :meth:`VQTokenizer.save`; sizes in the slot that contradict its config.json fail."""
+    from ..checkpoint.io import load_into, load_weights
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"model.generator.autoencoder.path = {path!r}: no config.json there; point it at a folder written by "
+            "VQTokenizer.save / train_autoencoder, or remove 'path' and give the sizes"
+        )
+    saved = json.loads(config_file.read_text())
+    if given.pop("variant") is not None:
+        raise ConfigError("model.generator.autoencoder: give either 'variant' or 'path', not both")
+    clashes = [f"{k}={v!r} (saved: {saved.get(k)!r})" for k, v in given.items()
+               if v is not None and (list(v) if isinstance(v, (list, tuple)) else v) != saved.get(k)]
+    if clashes:
+        raise ConfigError(f"model.generator.autoencoder: {', '.join(clashes)} contradict {config_file}; drop them")
+    saved["beta"] = beta
+    if image_size is not None:
+        saved["image_size"] = image_size
+    model = VQTokenizer(**saved)
+    load_into(model, load_weights(path), source=str(path))
+    return model

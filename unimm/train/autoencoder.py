@@ -1,0 +1,156 @@
+"""Training a small image autoencoder - the VQ tokenizer of the Janus path or the KL VAE of the JanusFlow path.
+
+Janus and JanusFlow take their autoencoders ready-made (LlamaGen VQ-16, the SDXL VAE). At laptop scale there is no
+such model for the data at hand, so this trains one: the slot's architecture, random weights, pixels in [-1, 1].
+
+* ``llamagen_vq``: L1 + L2 reconstruction plus the quantiser's codebook and commitment terms (VQ-VAE). LlamaGen
+  adds a perceptual and a GAN loss for natural images; flat synthetic shapes do not need them.
+* ``autoencoder_kl``: L1 + L2 reconstruction plus ``kl_weight`` x the KL divergence of the posterior from N(0, I).
+  The scaling factor is then set so the latents of the training images have unit variance (as SD/SDXL did).
+
+The result is a folder the slot can point at with ``path:`` - ``config.json`` + ``model.safetensors`` for the VQ
+tokenizer, a diffusers folder for the VAE - and ``train_log.jsonl`` with the losses.
+
+Entry point: :func:`train_autoencoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import AUTOENCODERS, ConfigError, to_plain
+
+logger = logging.getLogger(__name__)
+
+
+def load_image_tensor(paths: Sequence[str | Path], image_size: int) -> torch.Tensor:
+    """Images as one tensor (N, 3, image_size, image_size) in [-1, 1] (short side resized, centre crop)."""
+    from ..data.images import GenerationImageTransform, load_image
+
+    if not paths:
+        raise ConfigError("no training images given to the autoencoder trainer")
+    transform = GenerationImageTransform(image_size)
+    return torch.stack([transform(load_image(p)) for p in paths])
+
+
+def _reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(recon, images) + F.mse_loss(recon, images)
+
+
+def _vq_step(model, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    recon, vq = model(images)
+    rec = _reconstruction_loss(recon, images)
+    return rec + vq.loss, {"reconstruction": rec.item(), "codebook": vq.codebook.item(),
+                           "commitment": vq.commitment.item()}
+
+
+def _kl_step(model, images: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    posterior = model.posterior(images)
+    recon = model.vae.decode(posterior.sample()).sample
+    rec = _reconstruction_loss(recon, images)
+    kl = posterior.kl().mean() / images[0].numel()
+    return rec + kl_weight * kl, {"reconstruction": rec.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> reconstructions through the (trained) autoencoder, clamped to [-1, 1]."""
+    model.eval()
+    out = []
+    for chunk in images.split(batch_size):
+        if hasattr(model, "posterior"):
+            out.append(model.decode(model.encode(chunk)))
+        else:
+            out.append(model(chunk)[0])
+    return torch.cat(out).clamp(-1, 1)
+
+
+def train_autoencoder(
+    slot: Mapping[str, Any],
+    images: torch.Tensor,
+    out: str | Path,
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    kl_weight: float = 1e-4,
+    seed: int = 0,
+    log_every: int = 50,
+) -> Path:
+    """Train the autoencoder that ``slot`` describes on ``images`` and save it to ``out``.
+
+    Args:
+        slot: a ``generator.autoencoder`` config: ``{type: llamagen_vq, ch: ..., ...}`` or
+            ``{type: autoencoder_kl, config: {...}}``; ``path`` must not be set (that is what this produces).
+        images: (N, 3, H, W) in [-1, 1] (see :func:`load_image_tensor`).
+        out: folder to write; ``slot`` plus ``path: out`` then loads the trained weights.
+        steps, batch_size, lr: AdamW steps (cosine decay after a 5% warm-up), images per step, peak rate.
+        kl_weight: weight of the per-pixel KL term (VAE only).
+        seed: seeds the weights and the batch order.
+
+    Returns:
+        ``out``.
+    """
+    slot = dict(to_plain(slot))
+    kind = slot.get("type")
+    if kind not in ("llamagen_vq", "autoencoder_kl"):
+        raise ConfigError(f"autoencoder type {kind!r}: the trainer knows 'llamagen_vq' and 'autoencoder_kl'")
+    if slot.get("path"):
+        raise ConfigError("the autoencoder slot to train already has a 'path'; remove it to train from scratch")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"images must be (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+    torch.manual_seed(seed)
+    if kind == "autoencoder_kl":
+        slot["trainable"] = True
+    model = AUTOENCODERS.build(slot, where="autoencoder", inferred={"image_size": images.shape[-1]}
+                               if kind == "llamagen_vq" else {})
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "train_log.jsonl").open("w")
+    start, order, cursor = time.perf_counter(), torch.randperm(len(images), generator=generator), 0
+    for step in range(1, steps + 1):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(images), generator=generator), 0
+        batch = images[order[cursor:cursor + batch_size]]
+        cursor += batch_size
+        loss, parts = _vq_step(model, batch) if kind == "llamagen_vq" else _kl_step(model, batch, kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % log_every == 0 or step == steps:
+            record = {"step": step, "loss": loss.item(), **parts, "seconds": round(time.perf_counter() - start, 2)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    log.close()
+    model.eval()
+    if kind == "autoencoder_kl":
+        _set_scaling_factor(model, images)
+        model.vae.save_pretrained(str(out))
+    else:
+        model.save(out)
+    logger.info("trained %s for %d steps in %.0f s -> %s", kind, steps, time.perf_counter() - start, out)
+    return out
+
+
+@torch.no_grad()
+def _set_scaling_factor(model, images: torch.Tensor) -> None:
+    """Scale the VAE's latents to unit standard deviation over (up to 1024 of) the training images."""
+    latents = model.posterior(images[:1024]).mean
+    model.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
