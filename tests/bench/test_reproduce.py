@@ -1,0 +1,86 @@
+"""The reproduction end to end at smoke size: every experiment of configs/experiments/shapes.yaml, a few steps each."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from unimm.bench.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
+from unimm.pretrained import load_pretrained
+from unimm.registry import ConfigError
+
+SMOKE = [
+    "budget.steps=4", "budget.evals=2", "data.train=48", "data.test=6",
+    "autoencoders.llamagen_vq.steps=3", "autoencoders.autoencoder_kl.steps=3",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    spec = load_experiments("experiments/shapes", SMOKE)
+    report = reproduce(spec, out, command="unimm reproduce --set " + " ".join(SMOKE))
+    return spec, out, report
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_writes_the_report(smoke_run):
+    spec, out, report = smoke_run
+    results = json.loads((out / "results.json").read_text())["experiments"]
+    assert list(results) == list(spec.experiments)
+    text = report.read_text()
+    for name, r in results.items():
+        assert f"| {name} |" in text
+        assert [c["step"] for c in r["curve"]] == [2, 4]
+        assert set(r["final"]) == set(r["tasks"])
+    # Exp-E / Exp-F: the single-task runs are scored only on what they trained.
+    assert results["und_only"]["tasks"] == ["understanding"]
+    assert results["gen_only"]["tasks"] == ["generation"]
+    assert results["janus"]["tasks"] == ["generation", "understanding"]
+    for picture in ("plots/loss.png", "plots/scores.png", "grids/generation.png",
+                    "grids/autoencoder_llamagen_vq.png", "grids/autoencoder_autoencoder_kl.png"):
+        with Image.open(out / picture) as image:
+            assert image.size[0] > 100
+    # every experiment trained the same budget: one checkpointed step count in its metrics
+    for name in results:
+        steps = [json.loads(line)["step"] for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) == 4
+
+
+@pytest.mark.slow
+def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
+    spec, out, _ = smoke_run
+    model, processor, cfg = load_pretrained(out / "runs" / "janusflow" / "final")
+    assert cfg.model.generator.autoencoder.path is None  # the trained VAE's weights travel in the model file
+    model, processor, cfg = load_pretrained(out / "runs" / "shared_encoder" / "final")
+    assert cfg.model.und_encoder.autoencoder.path is None
+    before = (out / "runs" / "janus" / "result.json").stat().st_mtime_ns
+    reproduce(spec, out, only=["janus"])
+    assert (out / "runs" / "janus" / "result.json").stat().st_mtime_ns == before
+
+
+def test_experiment_configs_differ_only_where_they_say(tmp_path):
+    spec = load_experiments("experiments/shapes")
+    configs = {name: experiment_config(spec, name, tmp_path) for name in spec.experiments}
+    backbone = configs["janus"].model.backbone
+    for name, cfg in configs.items():
+        assert cfg.model.backbone == backbone, name  # same LLM everywhere
+        assert cfg.train.stages[0].steps == spec.budget.steps, name
+    assert configs["janusflow"].model.generator.repa_layer == 2
+    assert configs["janusflow_no_repa"].model.generator.repa_layer is None
+    assert configs["shared_encoder"].model.und_encoder.type == "shared_vq"
+    assert configs["shared_encoder"].model.und_encoder.autoencoder.path == str(tmp_path / "autoencoders/llamagen_vq")
+    assert trained_tasks(configs["und_only"]) == ["understanding"]
+    assert trained_tasks(configs["gen_only"]) == ["generation"]
+
+
+def test_bad_experiment_files_fail_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'experiment'"):
+        load_experiments("experiments/shapes", ["experiment.x=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiments:\n  a: {overrides: []}\n")
+    with pytest.raises(ConfigError, match="give 'config'"):
+        load_experiments(bad)
+    spec = load_experiments("experiments/shapes")
+    with pytest.raises(ConfigError, match="no such experiment"):
+        reproduce(spec, tmp_path, only=["janos"])
