@@ -40,11 +40,17 @@ class Pretrained:
         return iter((self.model, self.processor, self.config))
 
 
-def _vae_prefix(cfg: DictConfig) -> tuple[str, ...]:
-    """Weights that may come from outside the checkpoint: a VAE loaded from its own diffusers folder."""
-    generator = cfg.model.get("generator") or {}
-    autoencoder = generator.get("autoencoder") or {}
-    return ("generator.autoencoder.",) if autoencoder.get("path") else ()
+#: (config slot, module) of the parts that may load their weights from a folder of their own (``path``).
+AUTOENCODER_SLOTS = (
+    ("generator.autoencoder", "generator.autoencoder"),
+    ("und_encoder.autoencoder", "und_encoder.tokenizer"),  # the shared-VQ understanding encoder
+)
+
+
+def _external_prefixes(cfg: DictConfig) -> tuple[str, ...]:
+    """Weights that may come from outside the checkpoint: autoencoders loaded from their own folder (``path``)."""
+    return tuple(f"{module}." for slot, module in AUTOENCODER_SLOTS
+                 if (OmegaConf.select(cfg.model, slot) or {}).get("path"))
 
 
 def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
@@ -86,7 +92,7 @@ def load_pretrained(
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
     model = build_model(cfg)
     processor = build_processor(cfg, model)
-    load_into(model, state, source=source, ignore_missing=_vae_prefix(cfg))
+    load_into(model, state, source=source, ignore_missing=_external_prefixes(cfg))
     model.to(device=device, dtype=dtype).eval()
     return Pretrained(model, processor, cfg)
 
@@ -102,16 +108,17 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    generator = cfg.model.get("generator")
-    if generator is not None and (generator.get("autoencoder") or {}).get("path"):
-        # The autoencoder's weights are saved with the rest; its architecture goes into the config instead.
-        autoencoder = model.generator.autoencoder
-        generator.autoencoder.path = None
+    for slot_name, module_name in AUTOENCODER_SLOTS:
+        # An autoencoder's weights are saved with the rest; its architecture goes into the config instead.
+        slot = OmegaConf.select(cfg.model, slot_name)
+        if slot is None or not slot.get("path"):
+            continue
+        autoencoder = model.get_submodule(module_name)
+        slot.path = None
         if hasattr(autoencoder, "vae"):
-            generator.autoencoder.config = {k: v for k, v in dict(autoencoder.vae.config).items()
-                                            if not k.startswith("_")}
+            slot.config = {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}
         else:
-            generator.autoencoder.update(autoencoder.architecture)
+            slot.update(autoencoder.architecture)
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
