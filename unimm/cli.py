@@ -33,7 +33,8 @@ def _sample_options(cfg, args: argparse.Namespace) -> dict:
     """The model config's ``sample`` defaults, then the options given on the command line."""
     from omegaconf import OmegaConf
 
-    options = dict(OmegaConf.to_container(cfg.get("sample") or {}, resolve=True))
+    defaults = cfg.get("sample")
+    options = dict(OmegaConf.to_container(defaults, resolve=True)) if defaults else {}
     for name, value in (("guidance", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
                         ("num_steps", args.steps)):
         if value is not None:
