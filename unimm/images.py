@@ -25,3 +25,14 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "image")
         image.save(path)
         paths.append(path)
     return paths
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 4) -> Path:
+    """Write (B, 3, H, W) images in [-1, 1] as one PNG grid of ``nrow`` per row, upscaled ``scale`` x (nearest)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = torch.nn.functional.interpolate(images.detach().float().cpu(), scale_factor=scale, mode="nearest")
+    save_image((big.clamp(-1, 1) + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)
+    return path

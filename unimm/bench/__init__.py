@@ -4,7 +4,10 @@
   text-to-image and typed question/answer pairs for understanding, in fixed disjoint splits;
 * :mod:`unimm.bench.checker`: a programmatic, GenEval-style checker that finds the shapes in pixels and scores
   generated images against their prompts, and exact-match scoring of answers;
-* :mod:`unimm.bench.export`: writes a split as ``images/`` + ``t2i.jsonl`` / ``und.jsonl`` / ``spec.jsonl``.
+* :mod:`unimm.bench.export`: writes a split as ``images/`` + ``t2i.jsonl`` / ``und.jsonl`` / ``spec.jsonl``;
+* :mod:`unimm.bench.evaluate`: scores a model on an exported split (``unimm bench evaluate``);
+* :mod:`unimm.bench.reproduce`: the Janus vs JanusFlow study on this benchmark (``unimm reproduce``,
+  docs/reproduce.md).
 """
 
 from .checker import (

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..images import save_grid
 from ..registry import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
         logger.info("%s step %d: %s", name, mark, curve[-1])
     generation = scores.get("generation")
     if generation is not None:
-        _save_image_rows(generation["images"][:8], run_dir / "samples.png")
+        save_grid(generation["images"][:8], run_dir / "samples.png", nrow=8)
         torch.save(generation["images"][:32], run_dir / "test_images.pt")
     result = {
         "name": name, "config": spec.experiments[name].config,
@@ -249,23 +250,8 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _upscaled(images: torch.Tensor, scale: int = 4) -> torch.Tensor:
-    return torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
-
-
-def _save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((_upscaled(images).clamp(-1, 1) + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)
-
-
 def _save_pairs(originals: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
-    _save_grid(torch.cat([originals, recon]), path, nrow=len(originals))
-
-
-def _save_image_rows(images: torch.Tensor, path: Path) -> None:
-    _save_grid(images, path, nrow=len(images))
+    save_grid(torch.cat([originals, recon]), path, nrow=len(originals))
 
 
 def write_grid(results: dict[str, dict], out: Path, data: dict[str, Path], n_prompts: int = 8) -> Path | None:
@@ -280,7 +266,7 @@ def write_grid(results: dict[str, dict], out: Path, data: dict[str, Path], n_pro
     reference = load_image_tensor([p for p, _, _ in specs], 32)
     images = [reference] + [torch.load(out / "runs" / name / "test_images.pt")[:n_prompts] for name in rows]
     path = out / "grids" / "generation.png"
-    _save_grid(torch.cat(images), path, nrow=len(specs))
+    save_grid(torch.cat(images), path, nrow=len(specs))
     return path
 
 
