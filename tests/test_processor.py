@@ -29,7 +29,28 @@ def test_multi_turn_template_with_answers_and_eos(processor):
         f"{DEFAULT_SYSTEM_PROMPT}\n\n<|User|>: <image_placeholder>\nWhat is it?\n\n<|Assistant|>: A cat.{eos}"
         f"<|User|>: Sure?\n\n<|Assistant|>:"
     )
-    assert [text[a:b] for a, b in spans] == [f"A cat.{eos}"]
+    assert [text[a:b] for a, b in spans] == [f" A cat.{eos}"]  # from the space after the answer prompt's colon
+
+
+@pytest.mark.parametrize("answer", ["no", "yes", "three", "A cat.", "red"])
+@pytest.mark.parametrize("tokenizer", ["golden", "tiny"])
+def test_training_labels_are_exactly_what_answering_generates(processor, tokenizer, answer):
+    """The answer prompt (ending at "<|Assistant|>:") is a prefix of the training ids and every token after it is
+    labelled - also when the tokenizer splits the space after the colon into a token of its own (the bundled tiny
+    tokenizer does for "no"), which an answer span starting after the space would leave unlearned."""
+    if tokenizer == "tiny":
+        from unimm.encoders.transforms import PadToSquare
+        from unimm.processor import load_tokenizer
+
+        processor = unimm.Processor(load_tokenizer("tiny"), PadToSquare(16), num_image_tokens=4)
+    question = {"role": "user", "content": "is it?"}
+    prompt = processor([question, {"role": "assistant", "content": ""}], system_prompt="")["input_ids"][0]
+    train = processor([question, {"role": "assistant", "content": answer}], system_prompt="", with_labels=True)
+    ids, labels = train["input_ids"][0], train["labels"][0]
+    assert torch.equal(ids[: len(prompt)], prompt)
+    assert (labels[: len(prompt)] == IGNORE_INDEX).all()
+    assert torch.equal(labels[len(prompt):], ids[len(prompt):])
+    assert processor.decode(ids[len(prompt):]).strip() == answer
 
 
 def test_system_prompt_override_and_none(processor):

@@ -172,9 +172,11 @@ class Processor:
             index = self._role(turn["role"])
             content = (turn["content"] or "").strip().replace("<image>", self.image_tag)
             if content:
-                text += f"{self.roles[index]}: "
+                text += f"{self.roles[index]}:"
+                # An answer's span starts at the space after the colon: a prompt for answering ends at the colon
+                # (below), so whatever the tokenizer makes of ": answer" after it is what the model must generate.
                 start = len(text)
-                text += content + (self.sep if index == 0 else self.sep2)
+                text += " " + content + (self.sep if index == 0 else self.sep2)
                 if index == 1:
                     answer_spans.append((start, len(text)))
             else:

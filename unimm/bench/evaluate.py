@@ -34,7 +34,7 @@ def generate_for_prompts(
 @torch.no_grad()
 def answer_questions(
     model, processor, records: Sequence[Mapping[str, Any]], folder: str | Path, *, batch_size: int = 64,
-    max_new_tokens: int = 4,
+    max_new_tokens: int = 6,
 ) -> list[str]:
     """Greedy answers to ``und.jsonl`` records (image paths relative to ``folder``), one string each."""
     from ..data import load_image
