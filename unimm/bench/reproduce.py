@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shlex
 import sys
@@ -316,6 +317,10 @@ def write_plots(results: dict[str, dict], out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None or value != value else f"{100 * value:.1f}"
 
@@ -326,6 +331,10 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
     from .shapes import QUESTION_TYPES
 
     gen_cats = ("overall", "colour", "shape", "count", "binding", "position")
+    ae_seconds = sum(a["seconds"] for a in autoencoders.values())
+    train_seconds = sum(r["train_seconds"] for r in results.values())
+    eval_seconds = sum(r["eval_seconds"] for r in results.values())
+    total = ae_seconds + train_seconds + eval_seconds
     lines = [
         "# Janus vs JanusFlow on the shapes benchmark (unimm reproduce)",
         "",
@@ -333,8 +342,11 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
         f"Seeds: data {int(spec.data.seed)}, training and sampling {int(spec.budget.seed)}. "
         f"Data: {int(spec.data.train)} training images, {int(spec.data.test)} test images.  ",
         f"Budget: {int(spec.budget.steps)} steps of batch 32 per experiment, scored {int(spec.budget.evals)} times.  ",
-        f"Wall time: {wall_seconds / 60:.1f} min on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}.",
+        f"Time: {_minutes(total)} min in all - autoencoders {_minutes(ae_seconds)} min, experiments "
+        f"{_minutes(train_seconds)} min of training and {_minutes(eval_seconds)} min of scoring (the sum of the "
+        f"steps' own times, so a resumed run counts each step once) - on {os.cpu_count()} CPU cores "
+        f"({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}. "
+        f"This invocation: {_minutes(wall_seconds)} min.",
         "",
         "## Results (test split; accuracy in %)",
         "",
@@ -372,7 +384,8 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"command": command, "wall_seconds": round(wall_seconds, 1), "experiments": results,
+        {"command": command, "wall_seconds": round(wall_seconds, 1), "total_seconds": round(total, 1),
+         "experiments": results,
          "autoencoders": autoencoders, "spec": OmegaConf.to_container(spec)}, indent=2) + "\n")
     return report
 
