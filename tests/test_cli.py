@@ -75,6 +75,16 @@ def test_generate_writes_pngs(capsys, tmp_path):
         assert image.size == (16, 16) and image.mode == "RGB"
 
 
+def test_generate_several_prompts_into_a_grid(capsys, tmp_path):
+    args = ["generate", "--model", str(JANUS), "--override", "model.generator.image_size=16", "--prompt", "a cat",
+            "--prompt", "a dog", "--num-images", "3", "--out", str(tmp_path), "--grid", str(tmp_path / "grid.png"),
+            "--grid-scale", "2"]
+    assert main(args) == 0
+    assert len(list(tmp_path.glob("image_*.png"))) == 6
+    with Image.open(tmp_path / "grid.png") as grid:  # 3 columns, 2 rows of 32 px tiles with 2 px padding
+        assert grid.size == (2 + 3 * 34, 2 + 2 * 34)
+
+
 def test_convert(capsys, tmp_path):
     assert main(["convert", str(JANUS), str(tmp_path / "converted")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "converted")

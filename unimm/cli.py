@@ -86,14 +86,17 @@ def cmd_understand(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .images import save_images
+    from .images import save_grid, save_images
 
     model, processor, cfg = _load(args.model, args.overrides)
-    prompt_ids, prompt_mask = processor.generation_prompts([args.prompt] * args.num_images)
+    captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
+    prompt_ids, prompt_mask = processor.generation_prompts(captions)
     options = {"progress": True, **_sample_options(cfg, args)}
     images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, **options)
     for path in save_images(images, args.out, prefix=args.prefix):
         print(path)
+    if args.grid:
+        print(save_grid(images, args.grid, nrow=args.num_images, scale=args.grid_scale))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -167,10 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--num-images", type=int, default=4)
+    gen.add_argument("--prompt", required=True, action="append",
+                     help="what to draw; repeat for several prompts (one grid row each)")
+    gen.add_argument("--num-images", type=int, default=4, help="images per prompt")
     gen.add_argument("--out", default="outputs")
     gen.add_argument("--prefix", default="image")
+    gen.add_argument("--grid", help="also write all images as one PNG grid here (a row per prompt)")
+    gen.add_argument("--grid-scale", type=int, default=4, help="grid upscaling factor (nearest; default 4)")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 
