@@ -82,7 +82,7 @@ def cmd_understand(args: argparse.Namespace) -> None:
         batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, eos_id=processor.eos_id, pad_id=processor.pad_id,
     )
-    print(processor.decode(tokens[0]))
+    print(processor.decode(tokens[0]).strip())
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
