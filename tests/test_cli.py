@@ -55,7 +55,7 @@ def test_understand(capsys):
     tokens = model.generate_text(batch, max_new_tokens=6, eos_id=processor.eos_id, pad_id=processor.pad_id)
     expected = processor.decode(tokens[0])
     assert expected.strip(), "the tiny model answered nothing; the check below would be empty"
-    assert out == expected + "\n"
+    assert out == expected.strip() + "\n"
 
 
 def test_understand_missing_image_is_a_clean_error(capsys, tmp_path):
