@@ -163,7 +163,7 @@ def prepare_autoencoders(spec: DictConfig, out: Path, data: dict[str, Path], for
             results[kind] = json.loads(result_file.read_text())
             continue
         settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
-        images = load_image_tensor(sorted((data["train"] / "images").glob("*.png")), _image_size(slot))
+        images = load_image_tensor(sorted((data["train"] / "images").glob("*.png")), _image_size(data["train"]))
         start = time.perf_counter()
         train_autoencoder(slot, images, folder, seed=int(spec.budget.seed), **settings)
         seconds = time.perf_counter() - start
@@ -192,8 +192,9 @@ def architectures(spec: DictConfig, name: str) -> dict[str, dict]:
             for slot in _autoencoder_slots(cfg.model)}
 
 
-def _image_size(slot: dict) -> int:
-    return int(slot.get("image_size") or (slot.get("config") or {}).get("sample_size") or 32)
+def _image_size(folder: Path) -> int:
+    """Side of the exported benchmark images (the autoencoders train at the data's own size)."""
+    return int(json.loads((folder / "info.json").read_text())["config"]["image_size"])
 
 
 def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path], force: bool = False,
@@ -264,8 +265,9 @@ def write_grid(results: dict[str, dict], out: Path, data: dict[str, Path], n_pro
     if not rows:
         return None
     specs = load_specs(data["test"])[:n_prompts]
-    reference = load_image_tensor([p for p, _, _ in specs], 32)
-    images = [reference] + [torch.load(out / "runs" / name / "test_images.pt")[:n_prompts] for name in rows]
+    generated = [torch.load(out / "runs" / name / "test_images.pt")[:n_prompts] for name in rows]
+    reference = load_image_tensor([p for p, _, _ in specs], generated[0].shape[-1])
+    images = [reference] + generated
     path = out / "grids" / "generation.png"
     save_grid(torch.cat(images), path, nrow=len(specs))
     return path
