@@ -59,6 +59,18 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     assert (out / "runs" / "janus" / "result.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
+def test_an_interrupted_experiment_restarts_cleanly(smoke_run):
+    spec, out, _ = smoke_run
+    run = out / "runs" / "gen_only"
+    (run / "result.json").unlink()  # as if the process died before the experiment finished
+    (run / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    result = reproduce(spec, out, only=["gen_only"])
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 99 not in steps and max(steps) == 4
+    assert "| gen_only |" in result.read_text()
+
+
 def test_experiment_configs_differ_only_where_they_say(tmp_path):
     spec = load_experiments("experiments/shapes")
     configs = {name: experiment_config(spec, name, tmp_path) for name in spec.experiments}

@@ -13,7 +13,7 @@ What it does, from an experiments file (default ``configs/experiments/shapes.yam
    and score curves, matplotlib) and ``OUT/grids/*.png`` (an image per test prompt and experiment).
 
 Finished steps are kept: a rerun skips the data, autoencoders and experiments already done (``--force`` redoes
-them), so an interrupted reproduction continues where it stopped.
+them), so an interrupted reproduction continues with the experiment it was in (which starts afresh).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
     result_file = run_dir / "result.json"
     if result_file.is_file() and not force:
         return json.loads(result_file.read_text())
-    if force and run_dir.exists():
+    if run_dir.exists():  # forced, or interrupted part-way: start the experiment afresh (no appended metrics)
         import shutil
 
         shutil.rmtree(run_dir)
