@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..registry import InputError
+
 
 @dataclass
 class GenerationLoss:
@@ -32,6 +34,15 @@ class GenerationLoss:
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
+
+
+def check_left_padded(prompt_mask: torch.Tensor, start_token: str) -> None:
+    """Every prompt row must end with a real token (the generation start ``start_token``): batches are left padded."""
+    if not bool(prompt_mask[:, -1].all()):
+        raise InputError(
+            f"every prompt must end with a real token ({start_token}): pad batches on the left, not on the right "
+            "(prompt_mask[:, -1] must be all ones)"
+        )
 
 
 class GenerationPath(nn.Module):

@@ -33,7 +33,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import AUTOENCODERS, GENERATORS, CheckpointError, ConfigError, InputError
-from .base import GenerationLoss, GenerationPath
+from .base import GenerationLoss, GenerationPath, check_left_padded
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 from .vae import autoencoder_kl  # noqa: F401  (registers the default autoencoder)
 
@@ -208,11 +208,7 @@ class RectifiedFlowPath(GenerationPath):
         if prompt_mask is None or tuple(prompt_mask.shape) != tuple(prompt_ids.shape[:2]):
             raise InputError(f"prompt_mask must have shape {tuple(prompt_ids.shape[:2])}, got "
                              f"{None if prompt_mask is None else tuple(prompt_mask.shape)}")  # fmt: skip
-        if not bool(prompt_mask[:, -1].all()):
-            raise InputError(
-                "every prompt must end with the begin-of-generation token: pad on the left, and the last column of "
-                "prompt_mask must be 1"
-            )
+        check_left_padded(prompt_mask, "the begin-of-generation token")
 
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()

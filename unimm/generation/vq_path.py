@@ -25,7 +25,7 @@ from .. import aligners as _aligners  # noqa: F401  (registers the aligners a co
 from ..heads import image_head as _image_head  # noqa: F401  (registers vq_image_head)
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, InputError
-from .base import GenerationLoss, GenerationPath
+from .base import GenerationLoss, GenerationPath, check_left_padded
 from .sampling import sample_next
 from .vq_tokenizer import VQTokenizer, convert_janus_vq
 
@@ -127,15 +127,7 @@ class VQGenerationPath(GenerationPath):
                 f"prompt_ids and prompt_mask must both be (B, L); got {tuple(prompt_ids.shape)} and "
                 f"{tuple(prompt_mask.shape)}"
             )
-        VQGenerationPath._check_left_padded(prompt_mask)
-
-    @staticmethod
-    def _check_left_padded(prompt_mask: torch.Tensor) -> None:
-        if not bool(prompt_mask[:, -1].all()):
-            raise InputError(
-                "every prompt must end with a real token (<begin_of_image>): pad batches on the left, "
-                "not on the right (prompt_mask[:, -1] must be all ones)"
-            )
+        check_left_padded(prompt_mask, "<begin_of_image>")
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -244,7 +236,7 @@ class VQGenerationPath(GenerationPath):
             raise InputError(
                 f"{images.shape[0]} images for {prompt_embeds.shape[0]} prompts; give one image per prompt"
             )
-        self._check_left_padded(prompt_mask)
+        check_left_padded(prompt_mask, "<begin_of_image>")
         codes = self.encode_images(images)
         length = prompt_embeds.shape[1]
         image_inputs = self.embed_codes(codes[:, :-1]).to(prompt_embeds.dtype)
