@@ -130,9 +130,8 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
     for split in ("train", "test"):
         folder = out / "data" / split
         n, seed = int(spec.data[split]), int(spec.data.seed)
-        info = folder / "info.json"
-        done = info.is_file() and (lambda i: (i["n"], i["seed"]) == (n, seed))(json.loads(info.read_text()))
-        if force or not done:
+        info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
+        if force or (info.get("n"), info.get("seed")) != (n, seed):
             export_split(folder, split, n, seed=seed, overwrite=True)
         folders[split] = folder
     return folders
@@ -173,7 +172,9 @@ def prepare_autoencoders(spec: DictConfig, out: Path, data: dict[str, Path], for
             test_images = load_image_tensor([p for p, _, _ in tests], images.shape[-1])
         recon = reconstruct(model, test_images)
         scores = evaluate_generation(recon, [s for _, s, _ in tests], value_range=(-1, 1))
-        _save_pairs(test_images[:16], recon[:16], out / "grids" / f"autoencoder_{kind}.png")
+        shown = min(16, len(test_images))  # test images on top, their reconstructions below
+        save_grid(torch.cat([test_images[:shown], recon[:shown]]), out / "grids" / f"autoencoder_{kind}.png",
+                  nrow=shown)
         results[kind] = {
             "seconds": round(seconds, 1), "settings": settings,
             "mse": float(((recon - test_images) ** 2).mean()), "checker": scores["accuracy"],
@@ -250,10 +251,6 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
 # ----------------------------------------------------------------------------------------------------------------
 # Pictures
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _save_pairs(originals: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
-    save_grid(torch.cat([originals, recon]), path, nrow=len(originals))
 
 
 def write_grid(results: dict[str, dict], out: Path, data: dict[str, Path], n_prompts: int = 8) -> Path | None:
