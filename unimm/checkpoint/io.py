@@ -88,3 +88,47 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: 
             message += _listing("shape mismatches", misshapen)
         raise CheckpointError(message + "\n  Check that the config matches the checkpoint's sizes.")
     model.load_state_dict(state_dict, strict=False, assign=any(p.is_meta for p in model.parameters()))
+
+
+# -- part folders ------------------------------------------------------------------------------------------------
+# A part trained on its own (a VQ tokenizer, a pre-trained understanding encoder) is saved as a folder with
+# ``config.json`` (its sizes) and ``model.safetensors``; its config slot loads it with ``path: folder``.
+
+
+def save_part(module: nn.Module, architecture: dict, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write ``config.json`` (``architecture`` plus ``extra`` notes) and ``model.safetensors`` into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**architecture, **(extra or {})}, indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+              str(folder / "model.safetensors"))
+    return folder
+
+
+def read_part_config(path: str | Path, given: dict, where: str, keys: tuple[str, ...] | list[str]) -> dict:
+    """The sizes ``keys`` saved in ``path/config.json`` by :func:`save_part`, checked against the slot's own.
+
+    Args:
+        given: sizes written in the config slot; ``None`` means "not given". Any other value must equal the saved
+            one, else the slot and the folder disagree about the architecture.
+        where: the slot's config path, for messages (``model.und_encoder``).
+
+    Raises:
+        ConfigError: no ``config.json`` in ``path``, or a given size contradicts it.
+    """
+    from ..registry import ConfigError
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"{where}.path = {str(path)!r}: no config.json there; point it at a folder saved by this part's "
+            "trainer, or remove 'path' and give the sizes"
+        )
+    saved = json.loads(config_file.read_text())
+    clashes = [f"{k}={v!r} (saved: {saved.get(k)!r})" for k, v in given.items()
+               if v is not None and (list(v) if isinstance(v, (list, tuple)) else v) != saved.get(k)]
+    if clashes:
+        raise ConfigError(f"{where}: {', '.join(clashes)} contradict {config_file}; drop them")
+    return {k: saved[k] for k in keys if k in saved}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,14 +229,9 @@ class VQTokenizer(nn.Module):
     # -- files ---------------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` (the sizes) and ``model.safetensors``; ``llamagen_vq(path=folder)`` reads them."""
-        from safetensors.torch import save_file
+        from ..checkpoint.io import save_part
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(self.architecture, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(folder / "model.safetensors"))
-        return folder
+        return save_part(self, self.architecture, folder)
 
 
 # -- converter ---------------------------------------------------------------------------------------------------
@@ -382,21 +376,13 @@ def llamagen_vq(
 
 def _load_vq_folder(path: str, given: dict, image_size: int | None, beta: float) -> VQTokenizer:
     """A tokenizer saved by :meth:`VQTokenizer.save`; sizes in the slot that contradict its config.json fail."""
-    from ..checkpoint.io import load_into, load_weights
+    from ..checkpoint.io import load_into, load_weights, read_part_config
 
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(
-            f"model.generator.autoencoder.path = {path!r}: no config.json there; point it at a folder written by "
-            "VQTokenizer.save / train_autoencoder, or remove 'path' and give the sizes"
-        )
-    saved = json.loads(config_file.read_text())
     if given.pop("variant") is not None:
         raise ConfigError("model.generator.autoencoder: give either 'variant' or 'path', not both")
-    clashes = [f"{k}={v!r} (saved: {saved.get(k)!r})" for k, v in given.items()
-               if v is not None and (list(v) if isinstance(v, (list, tuple)) else v) != saved.get(k)]
-    if clashes:
-        raise ConfigError(f"model.generator.autoencoder: {', '.join(clashes)} contradict {config_file}; drop them")
+    saved = read_part_config(path, given, "model.generator.autoencoder",
+                             ("ch", "ch_mult", "z_channels", "num_res_blocks", "codebook_size", "codebook_embed_dim",
+                              "image_size"))
     saved["beta"] = beta
     if image_size is not None:
         saved["image_size"] = image_size
