@@ -41,15 +41,16 @@ class Pretrained:
 
 
 #: (config slot, module) of the parts that may load their weights from a folder of their own (``path``).
-AUTOENCODER_SLOTS = (
+PART_FOLDER_SLOTS = (
     ("generator.autoencoder", "generator.autoencoder"),
     ("und_encoder.autoencoder", "und_encoder.tokenizer"),  # the shared-VQ understanding encoder
+    ("und_encoder", "und_encoder"),  # a pre-trained SigLIP (unimm.train.encoder)
 )
 
 
 def _external_prefixes(cfg: DictConfig) -> tuple[str, ...]:
-    """Weights that may come from outside the checkpoint: autoencoders loaded from their own folder (``path``)."""
-    return tuple(f"{module}." for slot, module in AUTOENCODER_SLOTS
+    """Weights that may come from outside the checkpoint: parts loaded from their own folder (``path``)."""
+    return tuple(f"{module}." for slot, module in PART_FOLDER_SLOTS
                  if (OmegaConf.select(cfg.model, slot) or {}).get("path"))
 
 
@@ -100,25 +101,25 @@ def load_pretrained(
 def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path) -> Path:
     """Write ``model`` in unimm's format: ``config.yaml``, ``model.safetensors`` and the tokenizer files.
 
-    The autoencoder's weights are saved with the rest, so the folder no longer depends on the folder its
-    ``path`` named (a diffusers VAE, a trained VQ tokenizer); its architecture is written into the config.
+    A part loaded from a folder of its own (``path``: a diffusers VAE, a trained VQ tokenizer, a pre-trained
+    encoder) is saved with the rest, so the folder no longer depends on that one; its architecture is written into
+    the config instead of the path.
     """
     from safetensors.torch import save_file
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for slot_name, module_name in AUTOENCODER_SLOTS:
-        # An autoencoder's weights are saved with the rest; its architecture goes into the config instead.
+    for slot_name, module_name in PART_FOLDER_SLOTS:
         slot = OmegaConf.select(cfg.model, slot_name)
         if slot is None or not slot.get("path"):
             continue
-        autoencoder = model.get_submodule(module_name)
+        part = model.get_submodule(module_name)
         slot.path = None
-        if hasattr(autoencoder, "vae"):
-            slot.config = {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}
+        if hasattr(part, "vae"):
+            slot.config = {k: v for k, v in dict(part.vae.config).items() if not k.startswith("_")}
         else:
-            slot.update(autoencoder.architecture)
+            slot.update(part.architecture)
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

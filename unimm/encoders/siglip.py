@@ -11,6 +11,7 @@ Shapes: ``forward(pixel_values)`` (B, 3, S, S), normalised -> (B, (S / patch)^2,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ class SigLIPEncoder(nn.Module):
         select_layer: which block's output to return; -1 is the last. The network is truncated there (the
             reference does the same), so ``layers + select_layer + 1`` blocks are built for negative values.
         pixel_mean, pixel_std: the normalisation the image transform applies (SigLIP: 0.5 / 0.5).
+        path: a folder written by :meth:`save` (e.g. by :func:`unimm.train.encoder.pretrain_encoder`): its
+            ``config.json`` gives the sizes (sizes written here must agree; ``variant`` is not read) and its
+            weights are loaded.
 
     Input: (B, 3, image_size, image_size) normalised pixels. Output: (B, num_tokens, out_dim).
     """
@@ -53,15 +57,22 @@ class SigLIPEncoder(nn.Module):
         select_layer: int = -1,
         pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
         pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+        path: str | None = None,
     ):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
 
-        sizes = resolve_sizes(
-            dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
-                 mlp_ratio=mlp_ratio),
-            variant, SIGLIP_VARIANTS, family="SigLIP", where="model.und_encoder",
-        )
+        given = dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                     mlp_ratio=mlp_ratio)
+        if path is not None:
+            from ..checkpoint.io import read_part_config
+
+            if select_layer != -1:
+                raise ConfigError("model.und_encoder: a saved encoder (path) is used whole; drop select_layer")
+            sizes = read_part_config(path, given, "model.und_encoder", (*given, "pixel_mean", "pixel_std"))
+            pixel_mean, pixel_std = sizes.pop("pixel_mean", pixel_mean), sizes.pop("pixel_std", pixel_std)
+        else:
+            sizes = resolve_sizes(given, variant, SIGLIP_VARIANTS, family="SigLIP", where="model.und_encoder")
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
                 f"model.und_encoder: image_size {sizes['image_size']} is not a multiple of patch_size "
@@ -71,7 +82,7 @@ class SigLIPEncoder(nn.Module):
         if not 1 <= depth <= sizes["layers"]:
             raise ConfigError(f"model.und_encoder.select_layer {select_layer} is outside 1..{sizes['layers']} blocks")
 
-        self.variant = variant
+        self.variant = None if path is not None else variant
         self.image_size = int(sizes["image_size"])
         self.patch_size = int(sizes["patch_size"])
         self.pixel_mean = tuple(pixel_mean)
@@ -87,6 +98,14 @@ class SigLIPEncoder(nn.Module):
             global_pool="map",
             num_classes=0,
         )
+        #: The sizes as built (``layers`` counts the blocks kept): what :meth:`save` writes and ``path`` reads.
+        self.architecture = dict(image_size=self.image_size, patch_size=self.patch_size, width=int(sizes["width"]),
+                                 layers=depth, heads=int(sizes["heads"]), mlp_ratio=float(sizes["mlp_ratio"]),
+                                 pixel_mean=list(self.pixel_mean), pixel_std=list(self.pixel_std))
+        if path is not None:
+            from ..checkpoint.io import load_into, load_weights
+
+            load_into(self, load_weights(path), source=str(path))
 
     @property
     def out_dim(self) -> int:
@@ -105,6 +124,18 @@ class SigLIPEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm."""
         return self.vit.forward_features(pixel_values)
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, out_dim): one embedding per image from SigLIP's attention-pool ("MAP") head, the
+        pooling its image-text pre-training uses (Janus keeps the head in the checkpoint but reads patch tokens)."""
+        return self.vit.forward_head(self.forward(pixel_values))
+
+    def save(self, folder: str | Path, notes: dict | None = None) -> Path:
+        """Write ``config.json`` (:attr:`architecture` plus ``notes``) and ``model.safetensors``;
+        ``siglip(path=folder)`` reads them."""
+        from ..checkpoint.io import save_part
+
+        return save_part(self, self.architecture, folder, extra=notes)
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients to every parameter."""
