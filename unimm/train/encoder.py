@@ -1,0 +1,156 @@
+"""Pre-training an understanding encoder on labelled images: SigLIP's sigmoid loss, at laptop scale.
+
+Janus starts from SigLIP-Large, which was pre-trained on image-text pairs with a sigmoid loss; its understanding
+path then has a ready semantic encoder and mostly learns the aligner. At laptop scale there is no such encoder for
+the data at hand, and learning one only through the LLM's answer tokens is slow: on the shapes benchmark a 1.5 M
+model trained 7,000 steps that way still told circles, squares and triangles apart only 47.5% of the time. This
+gives the slot's encoder the pre-training SigLIP had, against a closed set of label phrases instead of free
+captions:
+
+* each image is pooled into one embedding by the encoder's own pooling head (SigLIP's attention pool);
+* each label ("red circle") has a learned embedding and bias (together a linear layer over the pooled embedding);
+* every (image, label) pair is one binary decision: positive when the label describes the image (sigmoid loss).
+
+The result is a folder the slot loads with ``path:`` (``config.json`` with the sizes and the label set,
+``model.safetensors`` with the encoder's weights) and ``train_log.jsonl`` with the losses.
+
+Entry point: :func:`pretrain_encoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import ENCODERS, ConfigError, to_plain
+
+logger = logging.getLogger(__name__)
+
+
+def label_targets(labels: Sequence[Sequence[str]], names: Sequence[str]) -> torch.Tensor:
+    """Per-image label lists -> (N, len(names)) 0/1 targets; a label not in ``names`` fails, naming it."""
+    index = {name: k for k, name in enumerate(names)}
+    targets = torch.zeros(len(labels), len(names))
+    for i, image_labels in enumerate(labels):
+        for label in image_labels:
+            if label not in index:
+                raise ConfigError(f"image {i} has label {label!r}, which is not one of the {len(names)} label names")
+            targets[i, index[label]] = 1.0
+    return targets
+
+
+def _normalise(encoder, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the encoder's input normalisation."""
+    mean = torch.tensor(encoder.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.pixel_std).view(1, 3, 1, 1)
+    return ((images + 1) / 2 - mean) / std
+
+
+@torch.no_grad()
+def label_accuracy(encoder, head: torch.nn.Linear, images: torch.Tensor, targets: torch.Tensor,
+                   batch_size: int = 256) -> dict[str, float]:
+    """``exact``: share of images whose whole label set is predicted right; ``label``: share of (image, label)
+    decisions that are right. ``images`` (N, 3, S, S) in [-1, 1], ``targets`` (N, L) 0/1."""
+    was_training = encoder.training
+    encoder.eval()
+    predicted = torch.cat([head(encoder.pooled(_normalise(encoder, chunk))) > 0 for chunk in images.split(batch_size)])
+    encoder.train(was_training)
+    right = predicted == targets.bool()
+    return {"exact": right.all(dim=1).float().mean().item(), "label": right.float().mean().item()}
+
+
+def pretrain_encoder(
+    slot: Mapping[str, Any],
+    images: torch.Tensor,
+    labels: Sequence[Sequence[str]],
+    out: str | Path,
+    *,
+    steps: int = 5000,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    held_out: tuple[torch.Tensor, Sequence[Sequence[str]]] | None = None,
+    log_every: int = 100,
+) -> dict[str, Any]:
+    """Pre-train the understanding encoder that ``slot`` describes and save it to ``out``.
+
+    Args:
+        slot: a ``model.und_encoder`` config whose encoder has ``pooled`` and ``save`` (``siglip``); ``path``
+            must not be set (that is what this produces).
+        images: (N, 3, S, S) in [-1, 1] (:func:`unimm.train.autoencoder.load_image_tensor`), S the encoder's size.
+        labels: per image, the label phrases that describe it (``["red circle", "blue square"]``).
+        out: folder to write; ``slot`` plus ``path: out`` then loads the pre-trained encoder.
+        steps, batch_size, lr, weight_decay: AdamW steps (cosine decay after a 5% warm-up), images per step.
+        seed: seeds the weights and the batch order.
+        held_out: ``(images, labels)`` scored after training (:func:`label_accuracy`).
+
+    Returns:
+        ``{"path", "labels", "seconds", "train": accuracy on up to 1024 training images, "held_out": ...}``.
+    """
+    slot = dict(to_plain(slot))
+    if slot.get("path"):
+        raise ConfigError("the und_encoder slot to pre-train already has a 'path'; remove it to train from scratch")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"images must be (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+    if len(labels) != len(images):
+        raise ConfigError(f"{len(images)} images but {len(labels)} label lists; give one list per image")
+    names = sorted({label for image_labels in labels for label in image_labels})
+    if not names:
+        raise ConfigError("no labels given: each image needs the phrases that describe it")
+    torch.manual_seed(seed)
+    encoder = ENCODERS.build(slot, where="model.und_encoder")
+    if not (hasattr(encoder, "pooled") and hasattr(encoder, "save")):
+        raise ConfigError(f"und_encoder type {slot.get('type')!r} cannot be pre-trained here: it needs a pooled "
+                          "embedding and a save method (the 'siglip' encoder has both)")
+    if images.shape[-1] != encoder.image_size:
+        raise ConfigError(f"images are {images.shape[-1]} px but the encoder takes {encoder.image_size} px")
+    targets = label_targets(labels, names)
+    head = torch.nn.Linear(encoder.out_dim, len(names))
+    parameters = [*encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.train()
+    start, order, cursor = time.perf_counter(), torch.randperm(len(images), generator=generator), 0
+    with (out / "train_log.jsonl").open("w") as log:
+        for step in range(1, steps + 1):
+            if cursor + batch_size > len(order):
+                order, cursor = torch.randperm(len(images), generator=generator), 0
+            batch = order[cursor:cursor + batch_size]
+            cursor += batch_size
+            logits = head(encoder.pooled(_normalise(encoder, images[batch])))
+            loss = F.binary_cross_entropy_with_logits(logits, targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            if step % log_every == 0 or step == steps:
+                log.write(json.dumps({"step": step, "loss": loss.item(),
+                                      "seconds": round(time.perf_counter() - start, 2)}) + "\n")
+                log.flush()
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "path": str(out), "labels": names, "seconds": round(seconds, 1),
+        "train": label_accuracy(encoder, head, images[:1024], targets[:1024]),
+    }
+    if held_out is not None:
+        result["held_out"] = label_accuracy(encoder, head, held_out[0], label_targets(held_out[1], names))
+    encoder.eval()
+    encoder.save(out, notes={"pretraining": {"objective": "sigmoid over label phrases", "steps": steps,
+                                             "labels": names}})
+    logger.info("pre-trained %s for %d steps in %.0f s -> %s", slot.get("type"), steps, seconds, out)
+    return result
