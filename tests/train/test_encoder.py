@@ -83,6 +83,8 @@ def test_errors_say_what_to_fix(data, tmp_path):
         pretrain_encoder({"type": "shared_vq", "image_size": 32, "autoencoder": {
             "type": "llamagen_vq", "ch": 32, "ch_mult": [1, 1], "z_channels": 8, "num_res_blocks": 1,
             "codebook_size": 16, "codebook_embed_dim": 8}}, images, labels, tmp_path / "x")
+    with pytest.raises(ConfigError, match="which is not one of the 1 label names"):
+        pretrain_encoder(VIT, images, labels, tmp_path / "x", label_names=["red circle"])
     with pytest.raises(ConfigError, match="'purple circle', which is not one of the 2 label names"):
         label_targets([["purple circle"]], ["red circle", "blue square"])
     with pytest.raises(ConfigError, match="no config.json there"):

@@ -79,6 +79,7 @@ def pretrain_encoder(
     weight_decay: float = 0.01,
     seed: int = 0,
     held_out: tuple[torch.Tensor, Sequence[Sequence[str]]] | None = None,
+    label_names: Sequence[str] | None = None,
     log_every: int = 100,
 ) -> dict[str, Any]:
     """Pre-train the understanding encoder that ``slot`` describes and save it to ``out``.
@@ -92,6 +93,8 @@ def pretrain_encoder(
         steps, batch_size, lr, weight_decay: AdamW steps (cosine decay after a 5% warm-up), images per step.
         seed: seeds the weights and the batch order.
         held_out: ``(images, labels)`` scored after training (:func:`label_accuracy`).
+        label_names: every phrase there is (default: those in ``labels``); give it when held-out images may show
+            a phrase no training image does.
 
     Returns:
         ``{"path", "labels", "seconds", "train": accuracy on up to 1024 training images, "held_out": ...}``.
@@ -103,7 +106,7 @@ def pretrain_encoder(
         raise ConfigError(f"images must be (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
     if len(labels) != len(images):
         raise ConfigError(f"{len(images)} images but {len(labels)} label lists; give one list per image")
-    names = sorted({label for image_labels in labels for label in image_labels})
+    names = sorted(label_names or {label for image_labels in labels for label in image_labels})
     if not names:
         raise ConfigError("no labels given: each image needs the phrases that describe it")
     torch.manual_seed(seed)
