@@ -5,7 +5,9 @@ What it does, from an experiments file (default ``configs/experiments/shapes.yam
 1. exports the benchmark's train and test splits (:func:`unimm.bench.export_split`) into ``OUT/data``;
 2. trains each autoencoder type the experiments use (the VQ tokenizer, the KL VAE) on the training images with
    :func:`unimm.train.autoencoder.train_autoencoder`, into ``OUT/autoencoders/<type>``, and scores their
-   reconstructions with the checker (the ceiling for generation through them);
+   reconstructions with the checker (the ceiling for generation through them); if an experiment asks for a
+   pre-trained understanding encoder (``pretrained_und_encoder: true``), pre-trains it once on the training
+   images' object labels with :func:`unimm.train.encoder.pretrain_encoder`, into ``OUT/encoders/und_encoder``;
 3. trains every experiment - model config + ``train=@recipes/shapes`` + its overrides - with unimm's trainer, for
    the same step budget, stopping ``evals`` times to score generation (the checker, on the test prompts) and
    understanding (exact match, on the test questions); the final models land in ``OUT/runs/<name>/final``;
@@ -38,7 +40,8 @@ from ..registry import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENTS = "experiments/shapes"
-EXPERIMENTS_KEYS = ("data", "budget", "autoencoders", "sample", "experiments")
+EXPERIMENTS_KEYS = ("data", "budget", "autoencoders", "und_encoder_pretraining", "sample", "experiments")
+EXPERIMENT_KEYS = ("config", "overrides", "pretrained_und_encoder")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -59,9 +62,13 @@ def load_experiments(name_or_path: str | Path, overrides: list[str] | tuple[str,
     if not spec.get("experiments"):
         raise ConfigError("experiments file: 'experiments' is empty; name at least one {config, overrides}")
     for name, exp in spec.experiments.items():
-        unknown = set(exp) - {"config", "overrides"}
+        unknown = set(exp) - set(EXPERIMENT_KEYS)
         if unknown or "config" not in exp:
-            raise ConfigError(f"experiments.{name}: give 'config' and optionally 'overrides' (got {sorted(exp)})")
+            raise ConfigError(f"experiments.{name}: give 'config' and optionally 'overrides' and "
+                              f"'pretrained_und_encoder' (got {sorted(exp)})")
+        if exp.get("pretrained_und_encoder") and not spec.get("und_encoder_pretraining"):
+            raise ConfigError(f"experiments.{name} asks for a pretrained_und_encoder but the file has no "
+                              "'und_encoder_pretraining' section; add one, e.g. {steps: 6000, batch_size: 64}")
     return spec
 
 
@@ -85,6 +92,8 @@ def experiment_config(spec: DictConfig, name: str, out: Path, extra: list[str] |
     for slot in _autoencoder_slots(cfg.model):
         slot.path = str(out / "autoencoders" / slot.type)
         slot.pop("config", None)  # a diffusers VAE folder carries its own architecture
+    if exp.get("pretrained_und_encoder"):
+        cfg.model.und_encoder.path = str(out / "encoders" / "und_encoder")
     return cfg
 
 
@@ -183,6 +192,48 @@ def prepare_autoencoders(spec: DictConfig, out: Path, data: dict[str, Path], for
     return results
 
 
+def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], force: bool = False) -> dict[str, Any]:
+    """Pre-train the understanding encoder that the experiments with ``pretrained_und_encoder`` share, on the
+    training images labelled with their objects (``"red circle"``); returns its wall time, settings and label
+    accuracy on the test images ({} if no experiment asks for one)."""
+    from ..config import load_config
+    from ..train.autoencoder import load_image_tensor
+    from ..train.encoder import pretrain_encoder
+    from .export import load_specs
+
+    slots = {}
+    for name, exp in spec.experiments.items():
+        if exp.get("pretrained_und_encoder"):
+            cfg = load_config(exp.config, ["train=@recipes/shapes", *list(exp.get("overrides") or [])])
+            slots[name] = {k: v for k, v in OmegaConf.to_container(cfg.model.und_encoder).items() if k != "path"}
+    if not slots:
+        return {}
+    first = next(iter(slots.values()))
+    differing = [name for name, slot in slots.items() if slot != first]
+    if differing:
+        raise ConfigError(f"experiments {differing} ask for a pre-trained und_encoder of another architecture than "
+                          f"{next(iter(slots))}; give them the same one so one pre-trained encoder serves all")
+    folder = out / "encoders" / "und_encoder"
+    result_file = folder / "result.json"
+    if result_file.is_file() and not force:
+        return json.loads(result_file.read_text())
+
+    def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
+        items = load_specs(data[split])
+        images = load_image_tensor([p for p, _, _ in items], _image_size(data[split]))
+        return images, [[f"{colour} {kind}" for colour, kind in s.objects] for _, s, _ in items]
+
+    settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
+    images, labels = labelled("train")
+    benchmark = json.loads((data["train"] / "info.json").read_text())["config"]
+    names = [f"{colour} {kind}" for colour in benchmark["colours"] for kind in benchmark["kinds"]]
+    result = pretrain_encoder(first, images, labels, folder, seed=int(spec.budget.seed), held_out=labelled("test"),
+                              label_names=names, **settings)
+    result = {"type": first["type"], "settings": settings, **{k: v for k, v in result.items() if k != "path"}}
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def architectures(spec: DictConfig, name: str) -> dict[str, dict]:
     """Autoencoder type -> slot (without ``path``) of every autoencoder experiment ``name`` builds."""
     from ..config import load_config
@@ -240,6 +291,7 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
     result = {
         "name": name, "config": spec.experiments[name].config,
         "overrides": list(spec.experiments[name].get("overrides") or []), "tasks": tasks,
+        "pretrained_und_encoder": bool(spec.experiments[name].get("pretrained_und_encoder")),
         "sample": options, "final": summary(scores), "curve": curve,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -325,12 +377,13 @@ def _pct(value: float | None) -> str:
 
 
 def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[str, Any], out: Path,
-                 command: str, wall_seconds: float) -> Path:
+                 command: str, wall_seconds: float, und_encoder: dict[str, Any] | None = None) -> Path:
     """``report.md`` and ``results.json``."""
     from .shapes import QUESTION_TYPES
 
     gen_cats = ("overall", "colour", "shape", "count", "binding", "position")
-    ae_seconds = sum(a["seconds"] for a in autoencoders.values())
+    und_encoder = und_encoder or {}
+    ae_seconds = sum(a["seconds"] for a in autoencoders.values()) + und_encoder.get("seconds", 0.0)
     train_seconds = sum(r["train_seconds"] for r in results.values())
     eval_seconds = sum(r["eval_seconds"] for r in results.values())
     total = ae_seconds + train_seconds + eval_seconds
@@ -341,7 +394,8 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
         f"Seeds: data {int(spec.data.seed)}, training and sampling {int(spec.budget.seed)}. "
         f"Data: {int(spec.data.train)} training images, {int(spec.data.test)} test images.  ",
         f"Budget: {int(spec.budget.steps)} steps of batch 32 per experiment, scored {int(spec.budget.evals)} times.  ",
-        f"Time: {_minutes(total)} min in all - autoencoders {_minutes(ae_seconds)} min, experiments "
+        f"Time: {_minutes(total)} min in all - autoencoders{' and encoder' if und_encoder else ''} "
+        f"{_minutes(ae_seconds)} min, experiments "
         f"{_minutes(train_seconds)} min of training and {_minutes(eval_seconds)} min of scoring (the sum of the "
         f"steps' own times, so a resumed run counts each step once) - on {os.cpu_count()} CPU cores "
         f"({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}. "
@@ -363,13 +417,22 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
     lines += ["", "Experiments (configs/experiments/shapes.yaml):", ""]
     for name, r in results.items():
         extra = ", ".join(f"`{o}`" for o in r["overrides"]) or "no overrides"
+        if r.get("pretrained_und_encoder"):
+            extra += ", pre-trained understanding encoder"
         lines.append(f"- **{name}**: `{r['config']}` + `train=@recipes/shapes`, {extra}; sampling {r['sample'] or '-'}")
     lines += ["", "## Autoencoders (trained on the benchmark's training images)", "",
               "| type | train min | test MSE | checker overall on reconstructions |", "|---|---:|---:|---:|"]
     for kind, a in autoencoders.items():
         lines.append(f"| {kind} | {a['seconds'] / 60:.1f} | {a['mse']:.4f} | {_pct(a['checker']['overall'])} |")
-    lines += ["", "The checker's score on an autoencoder's reconstructions is the ceiling for generation through it.",
-              "", "## Curves", "", "![loss](plots/loss.png)", "", "![scores](plots/scores.png)", "",
+    lines += ["", "The checker's score on an autoencoder's reconstructions is the ceiling for generation through it."]
+    if und_encoder:
+        held_out = und_encoder["held_out"]
+        lines += ["", "## Understanding encoder (pre-trained on the training images' object labels)", "",
+                  "| type | steps | train min | test images with every label right | test label decisions right |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| {und_encoder['type']} | {und_encoder['settings'].get('steps', '-')} | "
+                  f"{und_encoder['seconds'] / 60:.1f} | {_pct(held_out['exact'])} | {_pct(held_out['label'])} |"]
+    lines += ["", "## Curves", "", "![loss](plots/loss.png)", "", "![scores](plots/scores.png)", "",
               "## Images", ""]
     if (out / "grids" / "generation.png").is_file():
         rows = ", ".join(["reference"] + [n for n, r in results.items() if "generation" in r["tasks"]])
@@ -385,7 +448,8 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
     (out / "results.json").write_text(json.dumps(
         {"command": command, "wall_seconds": round(wall_seconds, 1), "total_seconds": round(total, 1),
          "experiments": results,
-         "autoencoders": autoencoders, "spec": OmegaConf.to_container(spec)}, indent=2) + "\n")
+         "autoencoders": autoencoders, "und_encoder": und_encoder, "spec": OmegaConf.to_container(spec)},
+        indent=2) + "\n")
     return report
 
 
@@ -408,10 +472,11 @@ def reproduce(spec: DictConfig, out: str | Path, *, only: list[str] | None = Non
     start = time.perf_counter()
     data = prepare_data(spec, out, force=force)
     autoencoders = prepare_autoencoders(spec, out, data, force=force)
+    und_encoder = prepare_und_encoder(spec, out, data, force=force)
     results = {name: run_experiment(spec, name, out, data, force=force, extra=extra) for name in spec.experiments}
     write_plots(results, out)
     write_grid(results, out, data)
-    return write_report(spec, results, autoencoders, out, command, time.perf_counter() - start)
+    return write_report(spec, results, autoencoders, out, command, time.perf_counter() - start, und_encoder)
 
 
 def build_parser(prog: str = "unimm reproduce") -> argparse.ArgumentParser:
