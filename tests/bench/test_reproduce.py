@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from unimm.bench.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
@@ -11,7 +12,7 @@ from unimm.registry import ConfigError
 
 SMOKE = [
     "budget.steps=4", "budget.evals=2", "data.train=48", "data.test=6",
-    "autoencoders.llamagen_vq.steps=3", "autoencoders.autoencoder_kl.steps=3",
+    "autoencoders.llamagen_vq.steps=3", "autoencoders.autoencoder_kl.steps=3", "und_encoder_pretraining.steps=3",
 ]
 
 
@@ -37,6 +38,8 @@ def test_smoke_reproduction_writes_the_report(smoke_run):
     assert results["und_only"]["tasks"] == ["understanding"]
     assert results["gen_only"]["tasks"] == ["generation"]
     assert results["janus"]["tasks"] == ["generation", "understanding"]
+    assert "## Understanding encoder" in text and "pre-trained understanding encoder" in text
+    assert json.loads((out / "results.json").read_text())["und_encoder"]["settings"]["steps"] == 3
     for picture in ("plots/loss.png", "plots/scores.png", "grids/generation.png",
                     "grids/autoencoder_llamagen_vq.png", "grids/autoencoder_autoencoder_kl.png"):
         with Image.open(out / picture) as image:
@@ -54,6 +57,8 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     assert cfg.model.generator.autoencoder.path is None  # the trained VAE's weights travel in the model file
     model, processor, cfg = load_pretrained(out / "runs" / "shared_encoder" / "final")
     assert cfg.model.und_encoder.autoencoder.path is None
+    model, processor, cfg = load_pretrained(out / "runs" / "janus_pretrained_vit" / "final")
+    assert cfg.model.und_encoder.path is None  # the pre-trained encoder travels in the model file
     before = (out / "runs" / "janus" / "result.json").stat().st_mtime_ns
     reproduce(spec, out, only=["janus"])
     assert (out / "runs" / "janus" / "result.json").stat().st_mtime_ns == before
@@ -84,6 +89,10 @@ def test_experiment_configs_differ_only_where_they_say(tmp_path):
     assert configs["shared_encoder"].model.und_encoder.autoencoder.path == str(tmp_path / "autoencoders/llamagen_vq")
     assert trained_tasks(configs["und_only"]) == ["understanding"]
     assert trained_tasks(configs["gen_only"]) == ["generation"]
+    pretrained = configs["janus_pretrained_vit"]
+    assert pretrained.model.und_encoder.path == str(tmp_path / "encoders/und_encoder")
+    assert list(pretrained.train.stages[0].trainable) == ["und_aligner", "backbone", "generator"]
+    assert configs["janus"].model.und_encoder.get("path") is None
 
 
 def test_bad_experiment_files_fail_clearly(tmp_path):
@@ -93,6 +102,26 @@ def test_bad_experiment_files_fail_clearly(tmp_path):
     bad.write_text("experiments:\n  a: {overrides: []}\n")
     with pytest.raises(ConfigError, match="give 'config'"):
         load_experiments(bad)
+    bad.write_text("experiments:\n  a: {config: shapes/janus, pretrained_und_encoder: true}\n")
+    with pytest.raises(ConfigError, match="no 'und_encoder_pretraining' section"):
+        load_experiments(bad)
     spec = load_experiments("experiments/shapes")
     with pytest.raises(ConfigError, match="no such experiment"):
         reproduce(spec, tmp_path, only=["janos"])
+
+
+@pytest.mark.slow
+def test_the_default_model_recipe_runs_at_smoke_size(tmp_path):
+    # configs/experiments/shapes-default.yaml made the shipped model: a pre-trained, frozen ViT under each mixture.
+    smoke = ["budget.steps=2", "budget.evals=1", "data.train=32", "data.test=4", "autoencoders.llamagen_vq.steps=2",
+             "und_encoder_pretraining.steps=2"]
+    spec = load_experiments("experiments/shapes-default", smoke)
+    reproduce(spec, tmp_path, command="unimm reproduce --experiments experiments/shapes-default")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["experiments"]) == {"balanced", "generation_heavy"}
+    assert results["und_encoder"]["settings"]["steps"] == 2
+    model, _, cfg = load_pretrained(tmp_path / "runs" / "generation_heavy" / "final")
+    assert cfg.model.und_encoder.path is None and cfg.train.stages[0].mixture.t2i == 3
+    pretrained = load_pretrained(tmp_path / "runs" / "balanced" / "final").model.und_encoder
+    for a, b in zip(model.und_encoder.parameters(), pretrained.parameters()):
+        assert torch.equal(a, b)  # frozen: both runs kept the encoder they started from
