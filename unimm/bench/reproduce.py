@@ -414,7 +414,7 @@ def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[
         cells += [_pct(und.get(q)) for q in QUESTION_TYPES]
         lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | " + " | ".join(cells)
                      + f" | {r['train_seconds'] / 60:.1f} |")
-    lines += ["", "Experiments (configs/experiments/shapes.yaml):", ""]
+    lines += ["", "Experiments (from the command's experiments file; default configs/experiments/shapes.yaml):", ""]
     for name, r in results.items():
         extra = ", ".join(f"`{o}`" for o in r["overrides"]) or "no overrides"
         if r.get("pretrained_und_encoder"):
