@@ -342,7 +342,8 @@ def write_plots(results: dict[str, dict], out: Path) -> list[Path]:
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("step")
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.lines:  # an experiment subset may train only one task
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(plots / "loss.png", dpi=100)
     plt.close(fig)
@@ -356,7 +357,8 @@ def write_plots(results: dict[str, dict], out: Path) -> list[Path]:
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(plots / "scores.png", dpi=100)
     plt.close(fig)
