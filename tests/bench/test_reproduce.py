@@ -8,7 +8,7 @@ from PIL import Image
 
 from unimm.bench.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
 from unimm.pretrained import load_pretrained
-from unimm.registry import ConfigError
+from unimm.registry import ENCODERS, ConfigError
 
 SMOKE = [
     "budget.steps=4", "budget.evals=2", "data.train=48", "data.test=6",
@@ -120,8 +120,12 @@ def test_the_default_model_recipe_runs_at_smoke_size(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["experiments"]) == {"balanced", "generation_heavy"}
     assert results["und_encoder"]["settings"]["steps"] == 2
-    model, _, cfg = load_pretrained(tmp_path / "runs" / "generation_heavy" / "final")
+    cfg = load_pretrained(tmp_path / "runs" / "generation_heavy" / "final").config
     assert cfg.model.und_encoder.path is None and cfg.train.stages[0].mixture.t2i == 3
-    pretrained = load_pretrained(tmp_path / "runs" / "balanced" / "final").model.und_encoder
-    for a, b in zip(model.und_encoder.parameters(), pretrained.parameters()):
-        assert torch.equal(a, b)  # frozen: both runs kept the encoder they started from
+    # balanced trained an understanding step (which would move an unfrozen encoder) and kept the encoder it began with
+    run = tmp_path / "runs" / "balanced"
+    assert any("loss/understanding" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    model = load_pretrained(run / "final").model
+    pretrained = ENCODERS.build({"type": "siglip", "path": str(tmp_path / "encoders" / "und_encoder")}, where="x")
+    for (name, a), b in zip(model.und_encoder.state_dict().items(), pretrained.state_dict().values()):
+        assert torch.equal(a, b), name
