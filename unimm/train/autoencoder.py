@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import AUTOENCODERS, ConfigError, to_plain
+from .optim import shuffled_batches, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +115,13 @@ def train_autoencoder(
                                if kind == "llamagen_vq" else {})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    generator = torch.Generator().manual_seed(seed)
+    scheduler = warmup_cosine(optimizer, steps)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "train_log.jsonl").open("w")
-    start, order, cursor = time.perf_counter(), torch.randperm(len(images), generator=generator), 0
-    for step in range(1, steps + 1):
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(images), generator=generator), 0
-        batch = images[order[cursor:cursor + batch_size]]
-        cursor += batch_size
+    start = time.perf_counter()
+    for step, index in enumerate(shuffled_batches(len(images), batch_size, steps, seed), start=1):
+        batch = images[index]
         loss, parts = _vq_step(model, batch) if kind == "llamagen_vq" else _kl_step(model, batch, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

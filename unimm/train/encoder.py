@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import ENCODERS, ConfigError, to_plain
+from .optim import shuffled_batches, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -120,20 +120,13 @@ def pretrain_encoder(
     head = torch.nn.Linear(encoder.out_dim, len(names))
     parameters = [*encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    generator = torch.Generator().manual_seed(seed)
+    scheduler = warmup_cosine(optimizer, steps)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder.train()
-    start, order, cursor = time.perf_counter(), torch.randperm(len(images), generator=generator), 0
+    start = time.perf_counter()
     with (out / "train_log.jsonl").open("w") as log:
-        for step in range(1, steps + 1):
-            if cursor + batch_size > len(order):
-                order, cursor = torch.randperm(len(images), generator=generator), 0
-            batch = order[cursor:cursor + batch_size]
-            cursor += batch_size
+        for step, batch in enumerate(shuffled_batches(len(images), batch_size, steps, seed), start=1):
             logits = head(encoder.pooled(_normalise(encoder, images[batch])))
             loss = F.binary_cross_entropy_with_logits(logits, targets[batch])
             optimizer.zero_grad(set_to_none=True)

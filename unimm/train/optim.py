@@ -14,7 +14,7 @@ schedule multiplies every group's rate by the same factor: linear warm-up from 0
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -85,3 +85,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, stage: Mapping[str, Any]) 
     floor = float(stage.get("min_lr_ratio", 0.0))
     lr_factor(0, total, warmup, schedule, floor)  # validate now
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule, floor))
+
+
+# -- the single-part trainers (unimm.train.autoencoder, unimm.train.encoder) --------------------------------------
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5% of ``steps``, multiplied by a cosine decay to 0 over all ``steps``."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def shuffled_batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+    """``steps`` batches of indices into ``range(n)``: each pass over the data is a new permutation (seeded), and a
+    pass ends when fewer than ``batch_size`` unseen indices are left."""
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor = torch.randperm(n, generator=generator), 0
+    for _ in range(steps):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(n, generator=generator), 0
+        yield order[cursor:cursor + batch_size]
+        cursor += batch_size
