@@ -196,7 +196,6 @@ def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], forc
     """Pre-train the understanding encoder that the experiments with ``pretrained_und_encoder`` share, on the
     training images labelled with their objects (``"red circle"``); returns its wall time, settings and label
     accuracy on the test images ({} if no experiment asks for one)."""
-    from ..config import load_config
     from ..train.autoencoder import load_image_tensor
     from ..train.encoder import pretrain_encoder
     from .export import load_specs
@@ -204,8 +203,8 @@ def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], forc
     slots = {}
     for name, exp in spec.experiments.items():
         if exp.get("pretrained_und_encoder"):
-            cfg = load_config(exp.config, ["train=@recipes/shapes", *list(exp.get("overrides") or [])])
-            slots[name] = {k: v for k, v in OmegaConf.to_container(cfg.model.und_encoder).items() if k != "path"}
+            slot = OmegaConf.to_container(_plain_config(spec, name).model.und_encoder)
+            slots[name] = {k: v for k, v in slot.items() if k != "path"}
     if not slots:
         return {}
     first = next(iter(slots.values()))
@@ -221,7 +220,7 @@ def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], forc
     def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
         items = load_specs(data[split])
         images = load_image_tensor([p for p, _, _ in items], _image_size(data[split]))
-        return images, [[f"{colour} {kind}" for colour, kind in s.objects] for _, s, _ in items]
+        return images, [[shape.name for shape in scene.shapes] for _, _, scene in items]
 
     settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
     images, labels = labelled("train")
@@ -234,14 +233,18 @@ def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], forc
     return result
 
 
-def architectures(spec: DictConfig, name: str) -> dict[str, dict]:
-    """Autoencoder type -> slot (without ``path``) of every autoencoder experiment ``name`` builds."""
+def _plain_config(spec: DictConfig, name: str) -> DictConfig:
+    """Experiment ``name``'s config before :func:`experiment_config` sets its paths: the parts it builds."""
     from ..config import load_config
 
     exp = spec.experiments[name]
-    cfg = load_config(exp.config, ["train=@recipes/shapes", *list(exp.get("overrides") or [])])
+    return load_config(exp.config, ["train=@recipes/shapes", *list(exp.get("overrides") or [])])
+
+
+def architectures(spec: DictConfig, name: str) -> dict[str, dict]:
+    """Autoencoder type -> slot (without ``path``) of every autoencoder experiment ``name`` builds."""
     return {slot.type: {k: v for k, v in OmegaConf.to_container(slot).items() if k != "path"}
-            for slot in _autoencoder_slots(cfg.model)}
+            for slot in _autoencoder_slots(_plain_config(spec, name).model)}
 
 
 def _image_size(folder: Path) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..registry import CheckpointError
+from ..registry import CheckpointError, ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -118,8 +118,6 @@ def read_part_config(path: str | Path, given: dict, where: str, keys: tuple[str,
     Raises:
         ConfigError: no ``config.json`` in ``path``, or a given size contradicts it.
     """
-    from ..registry import ConfigError
-
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise ConfigError(
