@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from ..registry import ALIGNERS, CheckpointError, ConfigError, InputError
+from .base import Aligner
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # module
 # ---------------------------------------------------------------------------------------------------------------
 @ALIGNERS.register("low_high_hybrid_split_mlp_gelu")
-class HybridSplitAligner(nn.Module):
+class HybridSplitAligner(Aligner):
     """Project high and low tokens to ``out_dim // 2`` each, concatenate, then (GELU, Linear) x (depth - 1).
 
     Args:
@@ -30,6 +31,8 @@ class HybridSplitAligner(nn.Module):
 
     Input: a tuple ``(high, low)`` of (B, N, in_dim). Output: (B, N, out_dim).
     """
+
+    input_form = "pair"
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
         super().__init__()

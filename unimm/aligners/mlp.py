@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..registry import ALIGNERS, ConfigError
+from .base import Aligner
 
 
-class MLPAligner(nn.Module):
+class MLPAligner(Aligner):
     """Linear layers with GELU between them, kept in ``layers`` so released names load unchanged.
 
     Args:
@@ -54,7 +55,7 @@ def linear(in_dim: int, out_dim: int) -> MLPAligner:
     return MLPAligner(in_dim, out_dim, depth=1, as_sequential=False)
 
 
-class IdentityAligner(nn.Identity):
+class IdentityAligner(Aligner):
     """Passes features through; only valid when the widths agree."""
 
     def __init__(self, in_dim: int, out_dim: int):
@@ -65,6 +66,10 @@ class IdentityAligner(nn.Identity):
                 f"use type: linear or mlp_gelu"
             )
         self.in_dim = self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> the same tensor."""
+        return x
 
 
 ALIGNERS.register("identity")(IdentityAligner)

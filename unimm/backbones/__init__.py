@@ -1,5 +1,6 @@
-"""Language backbones (registered in ``unimm.registry.BACKBONES``)."""
+"""Language backbones (registered in ``unimm.registry.BACKBONES``); the contract is :mod:`unimm.backbones.base`."""
 
-from .causal_lm import BackboneOutput, CausalLMBackbone
+from .base import Backbone, BackboneOutput, positions_from_mask
+from .causal_lm import CausalLMBackbone
 
-__all__ = ["BackboneOutput", "CausalLMBackbone"]
+__all__ = ["Backbone", "BackboneOutput", "CausalLMBackbone", "positions_from_mask"]

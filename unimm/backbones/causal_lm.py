@@ -12,36 +12,16 @@ final-norm hidden states (B, T, D); ``logits(hidden)`` (..., D) -> (..., V).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..registry import BACKBONES, ConfigError
+from .base import Backbone, BackboneOutput, positions_from_mask  # noqa: F401  (re-exported)
 
 # Config fields every transformers config accepts but that say nothing about the architecture.
 _ALWAYS_ALLOWED = {"torch_dtype", "dtype", "_attn_implementation_autoset", "transformers_version", "architectures"}
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0 too). (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-@dataclass
-class BackboneOutput:
-    """What one backbone call returns.
-
-    Attributes:
-        hidden_states: (B, T, D) after the final norm.
-        past_key_values: the KV cache (a transformers ``Cache``) when ``use_cache`` was set, else None.
-        all_hidden_states: tuple of (B, T, D), the embeddings then each layer's output, when asked for.
-    """
-
-    hidden_states: torch.Tensor
-    past_key_values: Any = None
-    all_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def _hf_config(model_type: str, fields: dict[str, Any], where: str):
@@ -66,7 +46,7 @@ def _hf_config(model_type: str, fields: dict[str, Any], where: str):
     return AutoConfig.for_model(model_type, **fields)
 
 
-class CausalLMBackbone(nn.Module):
+class CausalLMBackbone(Backbone):
     """A transformers causal LM (decoder, final norm, LM head) used as the unified model's backbone.
 
     Args:
@@ -105,6 +85,11 @@ class CausalLMBackbone(nn.Module):
     @property
     def num_layers(self) -> int:
         return self.lm.config.num_hidden_layers
+
+    @property
+    def max_positions(self) -> int | None:
+        """The config's ``max_position_embeddings`` (gpt2: ``n_positions``), or None."""
+        return getattr(self.lm.config, "max_position_embeddings", None)
 
     @property
     def decoder(self) -> nn.Module:

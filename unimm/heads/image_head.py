@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from ..registry import HEADS
+from .base import ImageHead
 
 
 @HEADS.register("vq_image_head")
-class VQImageHead(nn.Module):
+class VQImageHead(ImageHead):
     """Janus image-token head: Linear(hidden, embed) -> GELU -> Linear(embed, codebook_size).
 
     Args:

@@ -10,17 +10,23 @@ registry           what it holds                                           confi
 ``AUTOENCODERS``   image autoencoders a generation path uses (VQ, VAE)     ``model.generator.autoencoder``
 ``HEADS``          output heads (the VQ image-token head)                  ``model.generator.head``
 =================  ======================================================  ==========================
+
+Each registry names its contract (``unimm.encoders.base.UnderstandingEncoder``, ``unimm.aligners.base.Aligner``,
+``unimm.backbones.base.Backbone``, ``unimm.generation.base.GenerationPath``,
+``unimm.generation.autoencoder.ImageAutoencoder``, ``unimm.heads.base.ImageHead``): every part it builds is an
+instance of that base class, and the rest of the library reads only the members the contract documents.
 """
 
 from .errors import CheckpointError, ConfigError, InputError, UnimmError
 from .registry import Registry, to_plain
 
-ENCODERS = Registry("understanding encoder")
-ALIGNERS = Registry("aligner")
-BACKBONES = Registry("backbone")
-GENERATORS = Registry("generation path")
-AUTOENCODERS = Registry("image autoencoder")
-HEADS = Registry("head")
+# Each kind of part has one written contract, a base class in the folder of that kind.
+ENCODERS = Registry("understanding encoder", contract="unimm.encoders.base:UnderstandingEncoder")
+ALIGNERS = Registry("aligner", contract="unimm.aligners.base:Aligner")
+BACKBONES = Registry("backbone", contract="unimm.backbones.base:Backbone")
+GENERATORS = Registry("generation path", contract="unimm.generation.base:GenerationPath")
+AUTOENCODERS = Registry("image autoencoder", contract="unimm.generation.autoencoder:ImageAutoencoder")
+HEADS = Registry("head", contract="unimm.heads.base:ImageHead")
 
 ALL_REGISTRIES = {
     "encoders": ENCODERS,

@@ -38,10 +38,20 @@ class Registry:
 
     Args:
         kind: what the registered parts are, used in error messages ("understanding encoder").
+        contract: ``"module:Class"`` of the base class every built part must be an instance of (imported only
+            when a part is built, so that importing the registries stays cheap).
+
+    Builders receive two things besides the config's keys when they ask for them: ``where`` (the part's config
+    path, for error messages) as a keyword-only parameter, and, for composite parts, a classmethod
+    ``from_config(cls, kwargs, *, where)`` that builds the part's children through their own registries and hands
+    the built modules to ``__init__``. Composite parts may also declare ``child_slots`` (key -> the registry of that
+    child, so :meth:`check` checks nested slots before anything is built) and ``config_defaults`` (key -> the child
+    config used when the slot leaves it out).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, contract: str | None = None):
         self.kind = kind
+        self.contract = contract
         self._builders: dict[str, Callable[..., Any]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -69,7 +79,7 @@ class Registry:
         return name in self._builders or name in self._aliases
 
     def get(self, name: str, *, where: str = "") -> Callable[..., Any]:
-        """The builder registered as ``name``; never returns None.
+        """The class (or builder function) registered as ``name``; never returns None. Subclass it to extend a part.
 
         Raises:
             ConfigError: naming ``where`` in the config, the closest registered name and all choices.
@@ -92,7 +102,14 @@ class Registry:
         return doc.splitlines()[0] if doc else ""
 
     # -- building -----------------------------------------------------------------------------------------
-    def build(self, cfg: Mapping[str, Any], *, where: str = "", inferred: Mapping[str, Any] | None = None) -> Any:
+    def build(
+        self,
+        cfg: Mapping[str, Any],
+        *,
+        where: str = "",
+        inferred: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Build the part described by ``cfg`` (a mapping with ``type`` plus the builder's arguments).
 
         Args:
@@ -100,13 +117,44 @@ class Registry:
             where: the config path of this slot, for error messages ("model.und_aligner").
             inferred: values that follow from neighbouring parts. They fill keys the config leaves out; a
                 config value that differs raises. Keys the builder does not accept are ignored.
+            context: built modules the library offers a composite part (the generation path's autoencoder, for
+                an encoder that shares it): passed to ``from_config`` when it takes them, never config keys.
 
         Raises:
             ConfigError: unknown type, unknown or misspelled keys, missing required keys, wrong value types,
                 or a config value that contradicts an inferred one.
         """
         builder, kwargs = self._checked(cfg, where, inferred, require=True)
-        return builder(**kwargs)
+        from_config = getattr(builder, "from_config", None) if inspect.isclass(builder) else None
+        if from_config is None and "where" in inspect.signature(builder).parameters:
+            kwargs["where"] = where
+        if from_config is not None:
+            offered = inspect.signature(from_config).parameters
+            extra = {k: v for k, v in (context or {}).items() if k in offered}
+            part = from_config(kwargs, where=where, **extra)
+        else:
+            part = builder(**kwargs)
+        part.config_path = where  # where the part sits in the config: save_pretrained folds parts back there
+        self._check_contract(part, cfg, where)
+        return part
+
+    def contract_class(self) -> type | None:
+        """The base class of this kind of part (imported on first use), or None."""
+        if self.contract is None:
+            return None
+        import importlib
+
+        module, _, name = self.contract.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def _check_contract(self, part: Any, cfg: Any, where: str) -> None:
+        base = self.contract_class()
+        if base is not None and not isinstance(part, base):
+            name = to_plain(cfg).get("type")
+            raise ConfigError(
+                f"{where}.type: {self.kind} '{name}' built a {type(part).__name__}, which does not meet the "
+                f"{self.kind} contract; make it a subclass of {base.__module__}.{base.__name__}"
+            )
 
     def check(self, cfg: Mapping[str, Any], *, where: str = "") -> None:
         """Check ``cfg`` as :meth:`build` would (type name, unknown keys, value types) without building anything.
@@ -116,7 +164,11 @@ class Registry:
         Raises:
             ConfigError: as :meth:`build`.
         """
-        self._checked(cfg, where, None, require=False)
+        builder, kwargs = self._checked(cfg, where, None, require=False)
+        # Composite parts name the registries of their children (``child_slots``): check those slots too.
+        for key, registry in getattr(builder, "child_slots", {}).items():
+            if isinstance(kwargs.get(key), dict):
+                registry.check(kwargs[key], where=f"{where}.{key}")
 
     def _checked(
         self, cfg: Any, where: str, inferred: Mapping[str, Any] | None, require: bool
@@ -131,32 +183,79 @@ class Registry:
             )
         kwargs = dict(cfg)
         builder = self.get(kwargs.pop("type"), where=where)
-        params = _parameters(builder)
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # A composite part may declare configs for children its config can leave out (JanusFlow's released ones).
+        for key, default in getattr(builder, "config_defaults", {}).items():
+            if kwargs.get(key) is None:
+                kwargs[key] = default
+        label = f"{self.kind} '{cfg['type']}'"
+        return builder, checked_kwargs(builder, kwargs, where=where, label=label, inferred=inferred, require=require)
 
-        for key in kwargs:
-            if key not in params and not accepts_any:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key for {self.kind} '{cfg['type']}'.{_closest(key, list(params))} "
-                    f"Valid keys: {', '.join(params) or '(none)'}"
-                )
-        for key, value in (inferred or {}).items():
-            if key not in params and not accepts_any:
-                continue
-            if key in kwargs and kwargs[key] is not None and kwargs[key] != value:
-                raise ConfigError(
-                    f"{where}.{key} = {kwargs[key]!r} contradicts the value {value!r} that follows from the "
-                    f"neighbouring parts; remove the key to infer it, or change the neighbouring part"
-                )
-            kwargs[key] = value
-        for name, param in params.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                continue
-            if require and param.default is inspect.Parameter.empty and name not in kwargs:
-                raise ConfigError(f"{where}.{name}: required by {self.kind} '{cfg['type']}' but not given")
-            if name in kwargs:
-                _check_type(builder, name, kwargs[name], f"{where}.{name}")
-        return builder, kwargs
+
+def checked_kwargs(
+    builder: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    *,
+    where: str,
+    label: str,
+    inferred: Mapping[str, Any] | None = None,
+    require: bool = True,
+) -> dict[str, Any]:
+    """Check ``kwargs`` against ``builder``'s signature and fill in ``inferred`` values.
+
+    Used by registries and by composite parts for children that are plain classes rather than registered parts
+    (the hybrid encoder's towers, JanusFlow's U-ViT encoder and decoder).
+
+    Args:
+        builder: a class or function.
+        kwargs: the config's keys for it.
+        where: its config path, for messages.
+        label: what it is, for messages ("understanding encoder 'siglip'").
+        inferred: values that follow from neighbouring parts (fill missing keys; contradictions fail).
+        require: also fail on missing required keys.
+
+    Raises:
+        ConfigError: unknown keys (with the closest valid one), contradictions, missing keys, wrong value types.
+    """
+    kwargs = dict(to_plain(kwargs))
+    params = _parameters(builder)
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key in kwargs:
+        if key not in params and not accepts_any:
+            raise ConfigError(
+                f"{where}.{key}: unknown key for {label}.{_closest(key, list(params))} "
+                f"Valid keys: {', '.join(params) or '(none)'}"
+            )
+    for key, value in (inferred or {}).items():
+        if key not in params and not accepts_any:
+            continue
+        if key in kwargs and kwargs[key] is not None and kwargs[key] != value:
+            raise ConfigError(
+                f"{where}.{key} = {kwargs[key]!r} contradicts the value {value!r} that follows from the "
+                f"neighbouring parts; remove the key to infer it, or change the neighbouring part"
+            )
+        kwargs[key] = value
+    for name, param in params.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if require and param.default is inspect.Parameter.empty and name not in kwargs:
+            raise ConfigError(f"{where}.{name}: required by {label} but not given")
+        if name in kwargs:
+            _check_type(builder, name, kwargs[name], f"{where}.{name}")
+    return kwargs
+
+
+def build_child(
+    builder: Callable[..., Any], kwargs: Mapping[str, Any] | None, *, where: str, label: str,
+    inferred: Mapping[str, Any] | None = None,
+) -> Any:
+    """Build a plain (unregistered) child part from its config keys, checked as :func:`checked_kwargs` does; the
+    child gets ``where`` when its signature takes it."""
+    kwargs = checked_kwargs(builder, kwargs or {}, where=where, label=label, inferred=inferred)
+    if "where" in inspect.signature(builder).parameters:
+        kwargs["where"] = where
+    part = builder(**kwargs)
+    part.config_path = where
+    return part
 
 
 def _parameters(builder: Callable) -> dict[str, inspect.Parameter]:
@@ -165,8 +264,9 @@ def _parameters(builder: Callable) -> dict[str, inspect.Parameter]:
     return {
         name: p
         for name, p in signature.parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        or p.kind is inspect.Parameter.VAR_KEYWORD
+        if name != "where"  # the library passes the config path; it is never a config key
+        and (p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+             or p.kind is inspect.Parameter.VAR_KEYWORD)
     }
 
 

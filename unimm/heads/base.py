@@ -1,0 +1,33 @@
+"""The contract every output head meets: LLM hidden states -> logits over a vocabulary of image codes.
+
+The generation path reads only ``hidden_size``, ``codebook_size`` and ``forward``:
+(..., hidden_size) -> (..., codebook_size).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class ImageHead(nn.Module, ABC):
+    """Base class of image-token heads."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """Width of the hidden states read."""
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Number of logits per position."""
+
+    @abstractmethod
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., hidden_size) -> (..., codebook_size)."""
+
+
+__all__ = ["ImageHead"]
