@@ -15,7 +15,8 @@ import time
 import torch
 
 from unimm.backbones.causal_lm import llama
-from unimm.generation.flow_path import RectifiedFlowPath
+from unimm.generation import flow_path  # noqa: F401  (registers rectified_flow)
+from unimm.registry import GENERATORS
 
 
 def build(args: argparse.Namespace):
@@ -26,13 +27,13 @@ def build(args: argparse.Namespace):
         max_position_embeddings=args.prompt_length + 4096,
     )  # fmt: skip
     gen_width = max(args.width // 2, 32)
-    path = RectifiedFlowPath(
-        hidden_size=args.width,
-        autoencoder={"type": "autoencoder_kl", "config": {"block_out_channels": [32, 32], "layers_per_block": 1}},
-        encoder={"input_channels": 4, "stride": 2, "kernel_size": 2, "block_out_channels": [gen_width]},
-        decoder={"in_channels": gen_width, "out_channels": 4, "block_out_channels": [gen_width], "upsamples": 1},
-        image_size=args.image_size,
-    )
+    path = GENERATORS.build({
+        "type": "rectified_flow",
+        "autoencoder": {"type": "autoencoder_kl", "config": {"block_out_channels": [32, 32], "layers_per_block": 1}},
+        "encoder": {"input_channels": 4, "stride": 2, "kernel_size": 2, "block_out_channels": [gen_width]},
+        "decoder": {"in_channels": gen_width, "out_channels": 4, "block_out_channels": [gen_width], "upsamples": 1},
+        "image_size": args.image_size,
+    }, where="model.generator", inferred={"hidden_size": args.width})
     device = torch.device(args.device)
     return backbone.to(device).eval(), path.to(device).eval()
 
@@ -81,7 +82,7 @@ def main() -> None:
     def run(cache: bool):
         return lambda: path.sample(
             backbone, ids, mask, pad_id=2, num_steps=args.steps, noise=noise, use_prompt_cache=cache
-        )
+        ).images
 
     results = timed({"cache": run(True), "fresh": run(False)}, args.repeats, device)
     (cached_s, cached), (fresh_s, fresh) = results["cache"], results["fresh"]

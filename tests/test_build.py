@@ -8,13 +8,13 @@ from unimm.encoders.transforms import PadToSquare
 
 
 def test_hybrid_encoder_needs_the_split_aligner():
-    with pytest.raises(unimm.ConfigError, match=r"HybridEncoder needs the low_high_hybrid_split_mlp_gelu aligner, "
-                                                r"got MLPAligner; e\.g\. model\.und_aligner=@parts/und_aligner/hybrid"):
+    with pytest.raises(unimm.ConfigError, match=r"HybridEncoder gives a pair of token sequences but the MLPAligner "
+                                                r"reads a sequence; e\.g\. model\.und_aligner=@parts/und_aligner/hybrid"):
         unimm.build_model("janus_tiny", ["model.und_encoder=@parts/und_encoder/sam_siglip_tiny"])
 
 
 def test_split_aligner_needs_the_hybrid_encoder():
-    with pytest.raises(unimm.ConfigError, match=r"SigLIPEncoder needs a single-sequence aligner"):
+    with pytest.raises(unimm.ConfigError, match=r"SigLIPEncoder gives a sequence .* HybridSplitAligner reads a pair.*und_aligner/mlp_gelu"):
         unimm.build_model("janus_tiny", ["model.und_aligner=@parts/und_aligner/hybrid_split_mlp_gelu"])
 
 

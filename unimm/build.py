@@ -1,9 +1,10 @@
 """Build a unified model and its processor from a config.
 
-Order: check every top-level slot's ``type`` and keys (nothing built yet), build the understanding encoder and
-the backbone, then the parts whose widths follow from them (the understanding aligner's ``in_dim``/``out_dim``;
-the generation path's ``hidden_size`` and REPA width). A config value that contradicts an inferred width fails
-with both numbers.
+Order: check every slot's ``type`` and keys, nested part slots included (nothing built yet); build the backbone;
+then the understanding encoder and the generation path - the path first when the encoder shares its autoencoder
+(the shared-VQ ablation), else the encoder first so that the path can infer its REPA width from it; then the
+understanding aligner, whose widths follow from the encoder and the backbone. A config value that contradicts an
+inferred width fails with both numbers. The parts meet only through their contracts (``unimm.*.base``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from . import parts  # noqa: F401  (registers every built-in part)
 from .config import load_config
 from .model import UnifiedModel
 from .processor import Processor, load_tokenizer
-from .registry import ALIGNERS, AUTOENCODERS, BACKBONES, ENCODERS, GENERATORS, HEADS, ConfigError, Registry, to_plain
+from .registry import ALIGNERS, BACKBONES, ENCODERS, GENERATORS, ConfigError, Registry, to_plain
 
 SLOTS: dict[str, Registry] = {
     "und_encoder": ENCODERS,
@@ -26,23 +27,13 @@ SLOTS: dict[str, Registry] = {
     "backbone": BACKBONES,
     "generator": GENERATORS,
 }
-#: Sub-slots that a part builds through a registry of its own (the generation path's autoencoder, aligner, head).
-NESTED_SLOTS: dict[str, Registry] = {"autoencoder": AUTOENCODERS, "aligner": ALIGNERS, "head": HEADS}
 
 
 def check_slots(model_cfg: dict) -> None:
     """Check each slot's type, keys and value types before anything is built, nested part slots included."""
     for slot, registry in SLOTS.items():
         if model_cfg.get(slot) is not None:
-            _check_tree(registry, model_cfg[slot], f"model.{slot}")
-
-
-def _check_tree(registry: Registry, cfg: Any, where: str) -> None:
-    registry.check(cfg, where=where)
-    for key, nested_registry in NESTED_SLOTS.items():
-        value = cfg.get(key) if isinstance(cfg, dict) else None
-        if isinstance(value, dict) and "type" in value:
-            _check_tree(nested_registry, value, f"{where}.{key}")
+            registry.check(model_cfg[slot], where=f"model.{slot}")
 
 
 def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -> UnifiedModel:
@@ -51,34 +42,49 @@ def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -
         cfg = load_config(cfg, overrides)
     model_cfg = to_plain(cfg.model)
     check_slots(model_cfg)
-    encoder = ENCODERS.build(model_cfg["und_encoder"], where="model.und_encoder")
     backbone = BACKBONES.build(model_cfg["backbone"], where="model.backbone")
+    encoder_cfg, generator_cfg = model_cfg["und_encoder"], model_cfg.get("generator")
+    encoder_class = ENCODERS.get(encoder_cfg["type"], where="model.und_encoder")
+    shares = encoder_class.needs_generation_autoencoder({k: v for k, v in encoder_cfg.items() if k != "type"})
+    generator = None
+    if shares:
+        if not generator_cfg:
+            raise ConfigError(
+                "model.und_encoder.autoencoder: the encoder shares the generation path's autoencoder, but the model "
+                "has no generation path; give the encoder its own autoencoder"
+            )
+        generator = _build_generator(generator_cfg, backbone, repa_dim=None)
+        encoder = ENCODERS.build(encoder_cfg, where="model.und_encoder",
+                                 context={"generation_autoencoder": generator.image_autoencoder()})
+    else:
+        encoder = ENCODERS.build(encoder_cfg, where="model.und_encoder")
+        if generator_cfg:
+            generator = _build_generator(generator_cfg, backbone, repa_dim=encoder.out_dim)
     aligner = ALIGNERS.build(
         model_cfg["und_aligner"], where="model.und_aligner",
         inferred={"in_dim": encoder.out_dim, "out_dim": backbone.hidden_size},
     )
     _check_pairing(encoder, aligner)
-    generator = None
-    if model_cfg.get("generator"):
-        generator = GENERATORS.build(
-            model_cfg["generator"], where="model.generator",
-            inferred={"hidden_size": backbone.hidden_size, "repa_dim": encoder.out_dim},
-        )
+    if generator is not None and cfg.get("sample"):
+        generator.check_sample_options(to_plain(cfg.sample), where="sample.")
     return UnifiedModel(encoder, aligner, backbone, generator,
                         und_start_embed=bool(model_cfg.get("und_start_embed", False)))
 
 
-def _check_pairing(encoder, aligner) -> None:
-    """The hybrid encoder yields (high, low) token pairs, which only the split aligner can read."""
-    from .aligners.hybrid_split import HybridSplitAligner
-    from .encoders.hybrid import HybridEncoder
+def _build_generator(cfg: dict, backbone, repa_dim: int | None):
+    inferred: dict[str, Any] = {"hidden_size": backbone.hidden_size}
+    if repa_dim is not None:
+        inferred["repa_dim"] = repa_dim
+    return GENERATORS.build(cfg, where="model.generator", inferred=inferred)
 
-    if isinstance(encoder, HybridEncoder) != isinstance(aligner, HybridSplitAligner):
+
+def _check_pairing(encoder, aligner) -> None:
+    """A pair encoder (the hybrid's (high, low) tokens) needs a pair aligner, and a sequence encoder the others."""
+    if encoder.output_form != aligner.input_form:
+        fix = "hybrid_split_mlp_gelu" if encoder.output_form == "pair" else "mlp_gelu"
         raise ConfigError(
-            f"model.und_aligner: a {type(encoder).__name__} needs "
-            f"{'the' if isinstance(encoder, HybridEncoder) else 'a single-sequence aligner, not the'} "
-            f"low_high_hybrid_split_mlp_gelu aligner, got {type(aligner).__name__}; e.g. "
-            f"model.und_aligner=@parts/und_aligner/{'hybrid_split_mlp_gelu' if isinstance(encoder, HybridEncoder) else 'mlp_gelu'}"
+            f"model.und_aligner: the {type(encoder).__name__} gives a {encoder.output_form} of token sequences but "
+            f"the {type(aligner).__name__} reads a {aligner.input_form}; e.g. model.und_aligner=@parts/und_aligner/{fix}"
         )
 
 
@@ -94,7 +100,7 @@ def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | 
         raise ConfigError("processor.tokenizer: no tokenizer folder given; set it in the config or load a checkpoint")
     tokenizer = load_tokenizer(path)
     encoder = model.und_encoder
-    settings.setdefault("max_length", getattr(model.backbone.lm.config, "max_position_embeddings", None))
+    settings.setdefault("max_length", model.backbone.max_positions)
     processor = Processor(
         tokenizer,
         image_transform=encoder.transform(),

@@ -29,16 +29,34 @@ def _load(model: str | None, overrides: list[str]):
     return load_pretrained(model or DEFAULT_MODEL, overrides=overrides)
 
 
-def _sample_options(cfg, args: argparse.Namespace) -> dict:
-    """The model config's ``sample`` defaults, then the options given on the command line."""
+#: Sampling flags of ``generate`` / ``bench evaluate`` -> the generation path's option names.
+SAMPLE_FLAGS = {"--guidance": "guidance", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
+                "--steps": "num_steps"}
+
+
+def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
+    """The model config's ``sample`` defaults, then the flags given, each checked against the generation path's
+    declared options (a flag the path does not take fails naming the flags it has)."""
     from omegaconf import OmegaConf
 
+    from .registry import InputError
+
+    path = model.generator
+    given = {flag: getattr(args, name) for flag, name in SAMPLE_FLAGS.items() if getattr(args, name) is not None}
+    if path is None:
+        if given:
+            raise InputError(f"{', '.join(given)}: this model has no generation path, so it takes no sampling options")
+        return {}
     defaults = cfg.get("sample")
-    options = dict(OmegaConf.to_container(defaults, resolve=True)) if defaults else {}
-    for name, value in (("guidance", args.guidance), ("temperature", args.temperature), ("top_k", args.top_k),
-                        ("num_steps", args.steps)):
-        if value is not None:
-            options[name] = value
+    options = path.check_sample_options(OmegaConf.to_container(defaults, resolve=True) if defaults else {},
+                                        where="sample.")
+    accepted = [flag for flag, name in SAMPLE_FLAGS.items() if name in path.sample_options]
+    for flag, value in given.items():
+        name = SAMPLE_FLAGS[flag]
+        if name not in path.sample_options:
+            raise InputError(f"{flag}: the {type(path).__name__} does not take this option; its flags: "
+                             f"{', '.join(accepted)}")
+        options[name] = path.sample_options[name].check(flag, value, where="")
     return options
 
 
@@ -89,10 +107,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_grid, save_images
 
     model, processor, cfg = _load(args.model, args.overrides)
+    options = _sample_options(model, cfg, args)
     captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
     prompt_ids, prompt_mask = processor.generation_prompts(captions)
-    options = {"progress": True, **_sample_options(cfg, args)}
-    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, **options)
+    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, progress=True,
+                                   **options)
     for path in save_images(images, args.out, prefix=args.prefix):
         print(path)
     if args.grid:
@@ -126,7 +145,7 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
     if model.generator is None and "generation" in tasks:
         tasks.remove("generation")
     result = evaluate_model(model, processor, args.data, tasks=tasks, max_prompts=args.max_prompts,
-                            max_questions=args.max_questions, seed=args.seed, **_sample_options(cfg, args))
+                            max_questions=args.max_questions, seed=args.seed, **_sample_options(model, cfg, args))
     print(format_summary(result))
     if args.json:
         write_summary(result, args.json)
@@ -156,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the model's)")
         p.add_argument("--temperature", type=float, help="VQ models: sampling temperature (0 = argmax)")
         p.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
-        p.add_argument("--steps", type=int, help="flow models: number of Euler steps")
+        p.add_argument("--top-p", type=float, help="VQ models: sample within the top-p probability mass")
+        p.add_argument("--steps", dest="num_steps", type=int, help="flow models: number of Euler steps")
 
     und = sub.add_parser("understand", help="answer a question about an image")
     model_args(und)

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.causal_lm import positions_from_mask
-from .generation.base import GenerationLoss, GenerationPath
+from .aligners.base import Aligner
+from .backbones.base import Backbone, positions_from_mask
+from .encoders.base import UnderstandingEncoder
+from .generation.base import GenerationLoss, GenerationOutput, GenerationPath
 from .registry import InputError
 
 IGNORE_INDEX = -100
@@ -31,18 +33,19 @@ class UnifiedModel(nn.Module):
     """Understanding encoder + aligner, causal-LM backbone, and a generation path.
 
     Args:
-        und_encoder: images (B, 3, S, S) -> features (B, N, C) (or a (high, low) pair for the hybrid encoder).
-        und_aligner: features -> (B, N, D) in the backbone's width.
-        backbone: a :class:`unimm.backbones.CausalLMBackbone`.
-        generator: a :class:`unimm.generation.GenerationPath`, or None for an understanding-only model.
+        und_encoder: an :class:`~unimm.encoders.base.UnderstandingEncoder`: images (B, 3, S, S) -> features
+            (B, N, C) (or a (high, low) pair for a pair encoder).
+        und_aligner: an :class:`~unimm.aligners.base.Aligner`: features -> (B, N, D) in the backbone's width.
+        backbone: a :class:`~unimm.backbones.base.Backbone`.
+        generator: a :class:`~unimm.generation.base.GenerationPath`, or None for an understanding-only model.
         und_start_embed: add JanusFlow's learned begin-of-understanding embedding (1, D).
     """
 
     def __init__(
         self,
-        und_encoder: nn.Module,
-        und_aligner: nn.Module,
-        backbone: nn.Module,
+        und_encoder: UnderstandingEncoder,
+        und_aligner: Aligner,
+        backbone: Backbone,
         generator: GenerationPath | None = None,
         und_start_embed: bool = False,
     ):
@@ -175,18 +178,32 @@ class UnifiedModel(nn.Module):
         return self.generator
 
     @torch.no_grad()
-    def generate_images(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None, **options
-    ) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for left-padded prompts ending with the generation start token.
+    def sample_images(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None,
+        progress: bool = False, keep_steps: bool = False, **options: Any,
+    ) -> GenerationOutput:
+        """The generation path's full output for left-padded prompts ending with the generation start token.
 
-        ``options`` go to the generation path's ``sample`` (guidance, temperature, top_k, num_steps, progress ...).
+        ``options`` are the path's declared sampling options (``generator.sample_options``: guidance, temperature,
+        top_k, top_p for VQ; guidance, num_steps for flow), checked before anything runs.
+
+        Raises:
+            InputError: an option the path does not take (naming those it has) or a value out of range.
         """
         generator = self._require_generator()
+        options = generator.check_sample_options(options)
         device = self.device
         rng = torch.Generator(device).manual_seed(seed) if seed is not None else None
         return generator.sample(self.backbone, prompt_ids.to(device), prompt_mask.to(device), pad_id=pad_id,
-                                generator=rng, **options)
+                                generator=rng, progress=progress, keep_steps=keep_steps, **options)
+
+    def generate_images(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None,
+        progress: bool = False, **options: Any,
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1]: :meth:`sample_images` without the latents."""
+        return self.sample_images(prompt_ids, prompt_mask, pad_id=pad_id, seed=seed, progress=progress,
+                                  **options).images
 
     # -- training losses --------------------------------------------------------------------------------------
     def understanding_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -211,23 +228,11 @@ class UnifiedModel(nn.Module):
         path = self._require_generator()
         prompt_embeds = self.backbone.embed(prompt_ids)
         und_features = None
-        if getattr(path, "uses_und_features", False):
-            und_features = self.und_encoder_features(images)
+        if path.uses_und_features:
+            with torch.no_grad():
+                und_features = self.und_encoder.alignment_features(images)
         return path.loss(self.backbone, prompt_embeds, prompt_mask, images, und_features=und_features,
                          generator=generator)
-
-    @torch.no_grad()
-    def und_encoder_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Understanding-encoder features of generation images in [-1, 1] (for REPA): (B, N, C)."""
-        encoder = self.und_encoder
-        size = getattr(encoder, "image_size", images.shape[-1])
-        x = (images + 1) / 2
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-        mean = torch.tensor(getattr(encoder, "pixel_mean", (0.0, 0.0, 0.0)), device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(getattr(encoder, "pixel_std", (1.0, 1.0, 1.0)), device=x.device).view(1, 3, 1, 1)
-        features = encoder(((x - mean) / std).to(self.dtype))
-        return features[1] if isinstance(features, tuple) else features
 
 
 def _shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .build import build_model, build_processor
-from .checkpoint.io import load_into, load_weights
+from .backbones.base import Backbone
+from .checkpoint.io import load_into, load_weights, tied_aliases
+from .encoders.base import UnderstandingEncoder
+from .generation.autoencoder import ImageAutoencoder
 from .checkpoint.released import config_from_released, convert_released, released_kind
 from .config import apply_overrides, load_config, validate_sections
 from .model import UnifiedModel
@@ -40,18 +43,17 @@ class Pretrained:
         return iter((self.model, self.processor, self.config))
 
 
-#: (config slot, module) of the parts that may load their weights from a folder of their own (``path``).
-PART_FOLDER_SLOTS = (
-    ("generator.autoencoder", "generator.autoencoder"),
-    ("und_encoder.autoencoder", "und_encoder.tokenizer"),  # the shared-VQ understanding encoder
-    ("und_encoder", "und_encoder"),  # a pre-trained SigLIP (unimm.train.encoder)
-)
-
-
-def _external_prefixes(cfg: DictConfig) -> tuple[str, ...]:
-    """Weights that may come from outside the checkpoint: parts loaded from their own folder (``path``)."""
-    return tuple(f"{module}." for slot, module in PART_FOLDER_SLOTS
-                 if (OmegaConf.select(cfg.model, slot) or {}).get("path"))
+def folded_parts(model: UnifiedModel) -> list[tuple[str, torch.nn.Module, dict]]:
+    """(module name, module, slot arguments) of every part loaded from a folder of its own (``path``: a diffusers
+    VAE, a trained VQ tokenizer, a pre-trained encoder, a pretrained language model): what each part's contract
+    method ``folded_config`` reports."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (UnderstandingEncoder, ImageAutoencoder, Backbone)):
+            folded = module.folded_config()
+            if folded is not None:
+                found.append((name, module, folded))
+    return found
 
 
 def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
@@ -93,7 +95,9 @@ def load_pretrained(
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
     model = build_model(cfg)
     processor = build_processor(cfg, model)
-    load_into(model, state, source=source, ignore_missing=_external_prefixes(cfg))
+    # Parts loaded from their own folder already hold their weights; a checkpoint may leave them out.
+    external = tuple(f"{name}." for name, _, _ in folded_parts(model))
+    load_into(model, state, source=source, ignore_missing=external)
     model.to(device=device, dtype=dtype).eval()
     return Pretrained(model, processor, cfg)
 
@@ -110,19 +114,16 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for slot_name, module_name in PART_FOLDER_SLOTS:
-        slot = OmegaConf.select(cfg.model, slot_name)
-        if slot is None or not slot.get("path"):
-            continue
-        part = model.get_submodule(module_name)
-        slot.path = None
-        if hasattr(part, "vae"):
-            slot.config = {k: v for k, v in dict(part.vae.config).items() if not k.startswith("_")}
-        else:
-            slot.update(part.architecture)
+    for _, part, folded in folded_parts(model):
+        slot = OmegaConf.select(cfg, part.config_path)
+        if slot is not None:
+            if "path" in slot:
+                slot.path = None
+            slot.update(folded)
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    aliases = tied_aliases(model)  # a shared module is saved once, under its first name
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / "model.safetensors")

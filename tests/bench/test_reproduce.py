@@ -56,7 +56,8 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     model, processor, cfg = load_pretrained(out / "runs" / "janusflow" / "final")
     assert cfg.model.generator.autoencoder.path is None  # the trained VAE's weights travel in the model file
     model, processor, cfg = load_pretrained(out / "runs" / "shared_encoder" / "final")
-    assert cfg.model.und_encoder.autoencoder.path is None
+    assert model.und_encoder.tokenizer is model.generator.autoencoder  # one tokenizer for both paths (tied)
+    assert cfg.model.generator.autoencoder.path is None and "autoencoder" not in cfg.model.und_encoder
     model, processor, cfg = load_pretrained(out / "runs" / "janus_pretrained_vit" / "final")
     assert cfg.model.und_encoder.path is None  # the pre-trained encoder travels in the model file
     before = (out / "runs" / "janus" / "result.json").stat().st_mtime_ns
@@ -86,7 +87,8 @@ def test_experiment_configs_differ_only_where_they_say(tmp_path):
     assert configs["janusflow"].model.generator.repa_layer == 2
     assert configs["janusflow_no_repa"].model.generator.repa_layer is None
     assert configs["shared_encoder"].model.und_encoder.type == "shared_vq"
-    assert configs["shared_encoder"].model.und_encoder.autoencoder.path == str(tmp_path / "autoencoders/llamagen_vq")
+    assert "autoencoder" not in configs["shared_encoder"].model.und_encoder  # it shares the generation tokenizer
+    assert configs["shared_encoder"].model.generator.autoencoder.path == str(tmp_path / "autoencoders/llamagen_vq")
     assert trained_tasks(configs["und_only"]) == ["understanding"]
     assert trained_tasks(configs["gen_only"]) == ["generation"]
     pretrained = configs["janus_pretrained_vit"]

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from unimm.aligners.hybrid_split import HybridSplitAligner, convert_hybrid_split_aligner
 from unimm.aligners.hybrid_split import from_released_params as aligner_from_released
 from unimm.encoders.hybrid import HybridEncoder, convert_deepseek_vl_vision, from_released_config
+from unimm.encoders.sam import SAMEncoder
+from unimm.encoders.siglip import SigLIPEncoder
 from unimm.registry import ALIGNERS, ENCODERS, CheckpointError, ConfigError, InputError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
@@ -44,7 +46,7 @@ def tiny_encoder(**low_overrides) -> HybridEncoder:
                 window_size=3, neck_dim=8, downsample_channels=[12, 16], resample_size=16)
     low = dict(variant=None, image_size=32, patch_size=8, width=16, layers=1, heads=2, mlp_ratio=2.0)
     low.update(low_overrides)
-    encoder = HybridEncoder(high=high, low=low)
+    encoder = HybridEncoder(high=SAMEncoder(**high), low=SigLIPEncoder(**low))
     # SigLIPEncoder builds timm's ViT with weight_init="skip", which leaves pos_embed uninitialised memory.
     torch.nn.init.normal_(encoder.vision_tower_low.vit.pos_embed, std=0.02)
     return encoder
@@ -88,7 +90,7 @@ def test_released_manifest():
     config = json.loads((OFFICIAL / "config.json").read_text())
     manifest = json.loads((OFFICIAL / "manifest.json").read_text())
     with torch.device("meta"):
-        encoder = HybridEncoder(**from_released_config(config))
+        encoder = ENCODERS.build({"type": "sam_siglip", **from_released_config(config)}, where="model.und_encoder")
         aligner = HybridSplitAligner(**aligner_from_released(config["aligner"]))
     released = {k: torch.empty(shape, device="meta") for k, shape in manifest["state_dict"].items()}
     expected_vision = convert_deepseek_vl_vision(split(released, "vision_model."))

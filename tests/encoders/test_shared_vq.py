@@ -17,21 +17,26 @@ TINY_VQ = {"type": "llamagen_vq", "ch": 32, "ch_mult": [1, 2], "z_channels": 8, 
            "codebook_embed_dim": 4, "num_res_blocks": 1, "image_size": 16}
 
 
+def shared_vq(autoencoder, **kwargs) -> SharedVQEncoder:
+    """The encoder built from its config slot, with its own tokenizer ``autoencoder``."""
+    return ENCODERS.build({"type": "shared_vq", "autoencoder": autoencoder, **kwargs}, where="model.und_encoder")
+
+
 def test_quant_features_are_the_tokenizers_latents():
     encoder = ENCODERS.build({"type": "shared_vq", "autoencoder": TINY_VQ, "image_size": 16}, where="model.und_encoder")
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     out = encoder(images)
-    quant, _ = encoder.tokenizer.encode(images)
+    quant, _ = encoder.tokenizer.quantize_images(images)
     assert out.shape == (2, encoder.num_tokens, encoder.out_dim) == (2, 64, 4)
     torch.testing.assert_close(out, quant.flatten(2).transpose(1, 2))
     assert encoder.pixel_mean == (0.5, 0.5, 0.5) and encoder.transform()(torch.rand(3, 8, 12)).min() >= -1
 
 
 def test_codes_features_embed_the_codes_and_only_the_embedding_learns():
-    encoder = SharedVQEncoder(TINY_VQ, image_size=16, features="codes", code_dim=12)
+    encoder = shared_vq(TINY_VQ, image_size=16, features="codes", code_dim=12)
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     out = encoder(images)
-    _, codes = encoder.tokenizer.encode(images)
+    _, codes = encoder.tokenizer.quantize_images(images)
     assert out.shape == (2, 64, 12) and encoder.out_dim == 12
     torch.testing.assert_close(out, encoder.code_embed(codes))
     out.square().sum().backward()
@@ -61,7 +66,7 @@ def test_quant_matches_reference_vq(folder: Path):
     size = json.loads((folder / "cases.json").read_text())["settings"]["gen_size"]
     cfg = {"type": "llamagen_vq", **{k: params[k] for k in ("ch", "ch_mult", "z_channels", "num_res_blocks",
                                                             "codebook_size", "codebook_embed_dim")}}
-    encoder = SharedVQEncoder(cfg, image_size=size)
+    encoder = shared_vq(cfg, image_size=size)
     index = json.loads((folder / "pytorch_model.bin.index.json").read_text())["weight_map"]
     shards = sorted({shard for key, shard in index.items() if key.startswith("gen_vision_model.")})
     state = {}
@@ -77,15 +82,15 @@ def test_quant_matches_reference_vq(folder: Path):
 
 def test_errors():
     with pytest.raises(ConfigError, match="features: 'latents' is not one of quant, codes"):
-        SharedVQEncoder(TINY_VQ, image_size=16, features="latents")
+        shared_vq(TINY_VQ, image_size=16, features="latents")
     with pytest.raises(ConfigError, match="code_dim only applies to features: codes"):
-        SharedVQEncoder(TINY_VQ, image_size=16, code_dim=8)
+        shared_vq(TINY_VQ, image_size=16, code_dim=8)
     with pytest.raises(ConfigError, match="image_size 21 is not a multiple of the tokenizer's downsampling factor 2"):
-        SharedVQEncoder(TINY_VQ, image_size=21)
+        shared_vq(TINY_VQ, image_size=21)
     with pytest.raises(ConfigError, match=r"autoencoder\.type: unknown image autoencoder 'llamagen'"):
-        SharedVQEncoder({"type": "llamagen"}, image_size=16)
-    with pytest.raises(ConfigError, match="Linear has no 'encode'"):
+        shared_vq({"type": "llamagen"}, image_size=16)
+    with pytest.raises(ConfigError, match="Linear has no codebook"):
         SharedVQEncoder(torch.nn.Linear(2, 2), image_size=16)
-    encoder = SharedVQEncoder(TINY_VQ, image_size=16)
+    encoder = shared_vq(TINY_VQ, image_size=16)
     with pytest.raises(InputError, match=r"takes images \(B, 3, 16, 16\) in \[-1, 1\], got \(1, 3, 32, 32\)"):
         encoder(torch.zeros(1, 3, 32, 32))

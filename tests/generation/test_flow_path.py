@@ -65,16 +65,17 @@ def test_sampling_matches_reference(folder):
 
     batch, steps = cases["flow_batch"], cases["flow_steps"]
     prompt = golden["flow.tokens"][:batch]
-    images, trace = path.sample(
+    out = path.sample(
         backbone, prompt, torch.ones_like(prompt), pad_id=_pad_id(folder), guidance=cases["flow_cfg_weight"],
-        num_steps=steps, noise=golden["flow.z0"], return_trace=True,
+        num_steps=steps, noise=golden["flow.z0"], keep_steps=True,
     )  # fmt: skip
+    images, trace = out.images, out.steps
     assert torch.equal(trace["tokens"], golden["flow.tokens"])
     assert torch.equal(trace["attention_mask"].long(), golden["flow.attention_mask"].long())
     for step in (0, steps - 1):
         for name in ("t_emb", "v_cond", "v_uncond"):
-            torch.testing.assert_close(trace["steps"][step][name], golden[f"flow.step{step}.{name}"], **CLOSE)
-    torch.testing.assert_close(trace["z_final"], golden["flow.z_final"], **CLOSE)
+            torch.testing.assert_close(trace[name][step], golden[f"flow.step{step}.{name}"], **CLOSE)
+    torch.testing.assert_close(out.latents, golden["flow.z_final"], **CLOSE)
     torch.testing.assert_close(trace["decoded"], golden["flow.decoded"], **CLOSE)
     torch.testing.assert_close(images, golden["flow.decoded"].clamp(-1, 1), **CLOSE)
 
@@ -85,11 +86,8 @@ def test_full_size_path_on_meta_has_the_released_names_and_shapes():
     manifest = json.loads((official / "manifest.json").read_text())["state_dict"]
     released = {k: torch.empty(shape, device="meta") for k, shape in manifest.items() if k.startswith("vision_gen_")}
     with torch.device("meta"):
-        path = RectifiedFlowPath(
-            hidden_size=config["language_config"]["hidden_size"],
-            encoder=config["vision_gen_enc_config"]["params"],
-            decoder=config["vision_gen_dec_config"]["params"],
-        )
+        path = _flow(hidden=config["language_config"]["hidden_size"], encoder=config["vision_gen_enc_config"]["params"],
+                     decoder=config["vision_gen_dec_config"]["params"])
     assert path.num_image_tokens == 576 and path.latent_size == 48
     ours = {k: tuple(v.shape) for k, v in path.state_dict().items() if not k.startswith("autoencoder.")}
     assert ours == {k: tuple(v.shape) for k, v in convert_janusflow_gen(released).items()}
@@ -104,12 +102,16 @@ TINY_ENC = {"input_channels": 4, "stride": 2, "kernel_size": 2, "block_out_chann
 TINY_DEC = {"in_channels": 16, "out_channels": 4, "block_out_channels": [16], "upsamples": 1, "layers_in_middle": 1}
 
 
+def _flow(hidden: int = 32, **cfg) -> RectifiedFlowPath:
+    """A flow path built from its config, as the model builds it."""
+    return GENERATORS.build({"type": "rectified_flow", **cfg}, where="model.generator",
+                            inferred={"hidden_size": hidden})
+
+
 def _tiny(seed: int = 0, **options):
     torch.manual_seed(seed)
     backbone = llama(**TINY_LM).eval()
-    path = RectifiedFlowPath(
-        hidden_size=32, autoencoder=TINY_VAE, encoder=TINY_ENC, decoder=TINY_DEC, image_size=16, **options
-    )
+    path = _flow(autoencoder=TINY_VAE, encoder=TINY_ENC, decoder=TINY_DEC, image_size=16, **options)
     with torch.no_grad():  # the global response norms start at zero; give them values so they are exercised
         for name, p in path.named_parameters():
             if "channelwise_norm" in name:
@@ -122,12 +124,13 @@ def test_prompt_cache_equals_recomputing_the_prompt():
     ids = torch.randint(3, 50, (2, 7))
     mask = torch.ones_like(ids)
     noise = torch.randn(2, 4, 8, 8)
-    kwargs = {"pad_id": 2, "guidance": 3.0, "num_steps": 3, "noise": noise, "return_trace": True}
-    cached, trace = path.sample(backbone, ids, mask, use_prompt_cache=True, **kwargs)
-    fresh, _ = path.sample(backbone, ids, mask, use_prompt_cache=False, **kwargs)
+    kwargs = {"pad_id": 2, "guidance": 3.0, "num_steps": 3, "noise": noise, "keep_steps": True}
+    out = path.sample(backbone, ids, mask, use_prompt_cache=True, **kwargs)
+    cached, trace = out.images, out.steps
+    fresh = path.sample(backbone, ids, mask, use_prompt_cache=False, **kwargs).images
     torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(trace["steps"][-1]["v_cond"], trace["steps"][-1]["v_uncond"])  # guidance does work
-    other, _ = path.sample(backbone, torch.randint(3, 50, (2, 7)), mask, **kwargs)
+    assert not torch.allclose(trace["v_cond"][-1], trace["v_uncond"][-1])  # guidance does work
+    other = path.sample(backbone, torch.randint(3, 50, (2, 7)), mask, **kwargs).images
     assert not torch.allclose(cached, other)  # the prompt matters
 
 
@@ -137,10 +140,11 @@ def test_left_padded_batch_equals_each_prompt_alone():
     ids = torch.cat([long, torch.cat([torch.full((1, 3), 2), short], dim=1)])
     mask = torch.tensor([[1] * 8, [0, 0, 0] + [1] * 5])
     noise = torch.randn(2, 4, 8, 8)
-    kwargs = {"pad_id": 2, "guidance": 2.0, "num_steps": 2, "return_trace": True}
-    _, batched = path.sample(backbone, ids, mask, noise=noise, **kwargs)
-    _, alone = path.sample(backbone, short, torch.ones_like(short), noise=noise[1:], **kwargs)
-    torch.testing.assert_close(batched["z_final"][1:], alone["z_final"], rtol=1e-5, atol=1e-5)
+    kwargs = {"pad_id": 2, "guidance": 2.0, "num_steps": 2, "keep_steps": True}
+    out = path.sample(backbone, ids, mask, noise=noise, **kwargs)
+    batched = out.steps
+    alone = path.sample(backbone, short, torch.ones_like(short), noise=noise[1:], **kwargs)
+    torch.testing.assert_close(out.latents[1:], alone.latents, rtol=1e-5, atol=1e-5)
     # the unconditional row of the padded prompt keeps only its first real token
     assert batched["tokens"][3].tolist() == [2, 2, 2, short[0, 0].item(), 2, 2, 2, 2]
     assert batched["attention_mask"][3, :7].tolist() == [0, 0, 0, 1, 0, 0, 0]
@@ -150,8 +154,8 @@ def test_sample_draws_noise_from_the_generator_and_checks_inputs():
     backbone, path = _tiny()
     ids = torch.randint(3, 50, (1, 4))
     mask = torch.ones_like(ids)
-    a = path.sample(backbone, ids, mask, pad_id=2, num_steps=1, generator=torch.Generator().manual_seed(3))
-    b = path.sample(backbone, ids, mask, pad_id=2, num_steps=1, generator=torch.Generator().manual_seed(3))
+    a = path.sample(backbone, ids, mask, pad_id=2, num_steps=1, generator=torch.Generator().manual_seed(3)).images
+    b = path.sample(backbone, ids, mask, pad_id=2, num_steps=1, generator=torch.Generator().manual_seed(3)).images
     assert a.shape == (1, 3, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1
     with pytest.raises(InputError, match="left"):
         path.sample(backbone, ids, torch.tensor([[1, 1, 1, 0]]), pad_id=2)
@@ -250,23 +254,23 @@ def test_converter_and_loader_report_bad_keys():
 
 
 def test_bad_configs_are_explained():
-    base = {"hidden_size": 32, "autoencoder": TINY_VAE, "encoder": TINY_ENC, "decoder": TINY_DEC, "image_size": 16}
+    base = {"autoencoder": TINY_VAE, "encoder": TINY_ENC, "decoder": TINY_DEC, "image_size": 16}
     with pytest.raises(ConfigError, match="hidden_size = 64 contradicts the language model width 32"):
-        RectifiedFlowPath(**{**base, "encoder": {**TINY_ENC, "hidden_size": 64}})
+        _flow(**{**base, "encoder": {**TINY_ENC, "hidden_size": 64}})
     with pytest.raises(ConfigError, match="4x4 grid, but the decoder's 2 2x upsampling"):
-        RectifiedFlowPath(**{**base, "decoder": {**TINY_DEC, "upsamples": 2}})
+        _flow(**{**base, "decoder": {**TINY_DEC, "upsamples": 2}})
     with pytest.raises(ConfigError, match="not divisible by the VAE's downsampling 2"):
-        RectifiedFlowPath(**{**base, "image_size": 15})
+        _flow(**{**base, "image_size": 15})
     with pytest.raises(ConfigError, match="skip connection"):
-        RectifiedFlowPath(**{**base, "decoder": {**TINY_DEC, "block_out_channels": [8]}})
+        _flow(**{**base, "decoder": {**TINY_DEC, "block_out_channels": [8]}})
     with pytest.raises(ConfigError, match="latent channels"):
-        RectifiedFlowPath(**{**base, "encoder": {**TINY_ENC, "input_channels": 3}})
+        _flow(**{**base, "encoder": {**TINY_ENC, "input_channels": 3}})
     with pytest.raises(ConfigError, match="strides: unknown key"):
-        RectifiedFlowPath(**{**base, "encoder": {**TINY_ENC, "strides": 2}})
+        _flow(**{**base, "encoder": {**TINY_ENC, "strides": 2}})
     with pytest.raises(ConfigError, match="repa_dim"):
-        RectifiedFlowPath(**base, repa_layer=3)
+        _flow(**base, repa_layer=3)
     with pytest.raises(ConfigError, match="'logit_normal' or 'uniform'"):
-        RectifiedFlowPath(**base, time_sampling="cosine")
+        _flow(**base, time_sampling="cosine")
     backbone, path = _tiny(repa_layer=1, repa_dim=8)
     ids = torch.randint(3, 50, (1, 4))
     with pytest.raises(InputError, match="und_features"):

@@ -17,7 +17,8 @@ from conftest import golden_cases
 from unimm.backbones.causal_lm import llama
 from unimm.checkpoint.io import load_weights
 from unimm.generation.base import GenerationLoss
-from unimm.generation.vq_path import VQGenerationPath, VQSample, convert_janus_gen, janus_generator_config
+from unimm.generation.base import GenerationOutput
+from unimm.generation.vq_path import VQGenerationPath, convert_janus_gen, janus_generator_config
 from unimm.registry import GENERATORS, CheckpointError, ConfigError, InputError
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "official"
@@ -70,13 +71,13 @@ def test_guided_sampling_matches_reference(folder: Path):
     assert torch.equal(path.unconditional_ids(prompt_ids, mask, pad_id(folder)), golden["t2i.tokens"][1::2])
     out = path.sample(
         backbone, prompt_ids, mask, pad_id=pad_id(folder), guidance=cases["t2i_cfg_weight"], temperature=0,
-        return_logits=True,
+        keep_steps=True,
     )
-    assert isinstance(out, VQSample)
-    torch.testing.assert_close(out.logits, golden["t2i.cfg_logits"], rtol=1e-4, atol=1e-4)
-    assert torch.equal(out.codes, golden["t2i.generated"])
+    assert isinstance(out, GenerationOutput)
+    torch.testing.assert_close(out.steps["logits"], golden["t2i.cfg_logits"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(out.latents, golden["t2i.generated"])
     torch.testing.assert_close(out.images, golden["t2i.decoded"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(path.decode_latents(out.codes), golden["t2i.decoded"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(path.decode_latents(out.latents), golden["t2i.decoded"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("folder", JANUS_CASES, )
@@ -87,7 +88,7 @@ def test_left_padded_batch_matches_single_prompts(folder: Path):
     short_prompt = torch.cat([long_prompt[:2], long_prompt[-4:]])  # <bos> <|User|> ... <begin_of_image>
     alone = [
         path.sample(backbone, p[None], torch.ones(1, len(p), dtype=torch.long), pad_id=pad, guidance=3.0,
-                    temperature=0, return_logits=True)
+                    temperature=0, keep_steps=True)
         for p in (long_prompt, short_prompt)
     ]
     ids = torch.full((2, len(long_prompt)), pad)
@@ -97,11 +98,11 @@ def test_left_padded_batch_matches_single_prompts(folder: Path):
     uncond = path.unconditional_ids(ids, mask, pad)
     expected_uncond = torch.tensor([short_prompt[0]] + [pad] * 4 + [short_prompt[-1]])
     assert torch.equal(uncond[1, -len(short_prompt) :], expected_uncond)
-    batched = path.sample(backbone, ids, mask, pad_id=pad, guidance=3.0, temperature=0, return_logits=True)
-    assert not torch.equal(alone[0].codes, alone[1].codes)  # the two prompts really differ
+    batched = path.sample(backbone, ids, mask, pad_id=pad, guidance=3.0, temperature=0, keep_steps=True)
+    assert not torch.equal(alone[0].latents, alone[1].latents)  # the two prompts really differ
     for row, single in enumerate(alone):
-        assert torch.equal(batched.codes[row], single.codes[0])
-        torch.testing.assert_close(batched.logits[row], single.logits[0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(batched.latents[row], single.latents[0])
+        torch.testing.assert_close(batched.steps["logits"][row], single.steps["logits"][0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("folder", JANUS_CASES, )
@@ -112,9 +113,9 @@ def test_sampling_with_temperature_is_seeded(folder: Path):
 
     def draw(seed: int) -> torch.Tensor:
         out = path.sample(backbone, prompt, mask, pad_id=pad_id(folder), temperature=1.0, top_k=20, top_p=0.9,
-                          generator=torch.Generator().manual_seed(seed), return_logits=True)
+                          generator=torch.Generator().manual_seed(seed), keep_steps=True)
         assert out.images.shape == (1, 3, path.image_size, path.image_size)
-        return out.codes
+        return out.latents
 
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
@@ -124,14 +125,14 @@ def _tiny_path(hidden: int = 32) -> tuple[nn.Module, VQGenerationPath]:
     torch.manual_seed(0)
     backbone = llama(hidden_size=hidden, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                      num_key_value_heads=2, vocab_size=50)
-    path = VQGenerationPath(
-        autoencoder={"type": "llamagen_vq", "ch": 32, "ch_mult": [1, 2], "z_channels": 32, "codebook_size": 16,
-                     "codebook_embed_dim": 4},
-        aligner={"type": "mlp_gelu", "depth": 2},
-        head={"type": "vq_image_head"},
-        hidden_size=hidden,
-        image_size=8,
-    )
+    path = GENERATORS.build({
+        "type": "vq",
+        "autoencoder": {"type": "llamagen_vq", "ch": 32, "ch_mult": [1, 2], "z_channels": 32, "codebook_size": 16,
+                        "codebook_embed_dim": 4},
+        "aligner": {"type": "mlp_gelu", "depth": 2},
+        "head": {"type": "vq_image_head"},
+        "image_size": 8,
+    }, where="model.generator", inferred={"hidden_size": hidden})
     return backbone, path
 
 
@@ -210,7 +211,7 @@ def test_input_errors():
     ids = torch.randint(3, 50, (1, 4))
     with pytest.raises(InputError, match="pad batches on the left"):
         path.sample(backbone, ids, torch.tensor([[1, 1, 1, 0]]), pad_id=0, temperature=0)
-    with pytest.raises(InputError, match=r"must both be \(B, L\)"):
+    with pytest.raises(InputError, match=r"prompt_mask must be \(B, L\)"):
         path.sample(backbone, ids, torch.ones(1, 3), pad_id=0, temperature=0)
     with pytest.raises(InputError, match="2 images for 1 prompts"):
         path.loss(backbone, backbone.embed(ids), torch.ones_like(ids), torch.zeros(2, 3, 8, 8))
@@ -220,12 +221,12 @@ def test_input_errors():
 
 def test_config_contradictions_name_both_numbers():
     with pytest.raises(ConfigError, match=r"model.generator.head.codebook_size = 10 contradicts the value 16"):
-        VQGenerationPath(
-            autoencoder={"type": "llamagen_vq", "ch": 32, "ch_mult": [1, 2], "z_channels": 32, "codebook_size": 16,
-                         "codebook_embed_dim": 4},
-            aligner={"type": "mlp_gelu"}, head={"type": "vq_image_head", "codebook_size": 10}, hidden_size=32,
-            image_size=8,
-        )
+        GENERATORS.build({
+            "type": "vq",
+            "autoencoder": {"type": "llamagen_vq", "ch": 32, "ch_mult": [1, 2], "z_channels": 32, "codebook_size": 16,
+                            "codebook_embed_dim": 4},
+            "aligner": {"type": "mlp_gelu"}, "head": {"type": "vq_image_head", "codebook_size": 10}, "image_size": 8,
+        }, where="model.generator", inferred={"hidden_size": 32})
     with pytest.raises(ConfigError, match="model.generator.autoencoder.type: unknown image autoencoder 'llamagen'"):
-        VQGenerationPath(autoencoder={"type": "llamagen"}, aligner={"type": "mlp_gelu"}, head={"type": "vq_image_head"},
-                         hidden_size=32)
+        GENERATORS.build({"type": "vq", "autoencoder": {"type": "llamagen"}, "aligner": {"type": "mlp_gelu"},
+                          "head": {"type": "vq_image_head"}}, where="model.generator", inferred={"hidden_size": 32})

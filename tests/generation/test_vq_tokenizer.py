@@ -51,12 +51,12 @@ def test_matches_reference(folder: Path):
     vq.load_state_dict(convert_janus_vq(released), strict=True)
     grid = json.loads((folder / "cases.json").read_text())["vq_grid"]
     with torch.no_grad():
-        quant, codes = vq.encode(cases["vq.input"])
+        quant, codes = vq.quantize_images(cases["vq.input"])
         assert torch.equal(codes, cases["vq.codes"])
         torch.testing.assert_close(quant, cases["vq.quant"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(vq.decode_codes(codes, (grid, grid)), cases["vq.decoded"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(vq.decode(quant), cases["vq.decoded"], rtol=1e-4, atol=1e-4)
-    assert vq.grid_size(cases["vq.input"].shape[-1]) == grid
+    assert vq.latent_grid(cases["vq.input"].shape[-1]) == grid
 
 
 @pytest.mark.parametrize("folder", JANUS_CASES)
@@ -88,7 +88,7 @@ def test_vq16_meta_shapes_match_release(folder: Path):
 
 def test_explicit_sizes_win_over_variant():
     vq = llamagen_vq(variant="VQ-16", ch=32, ch_mult=[1, 2], z_channels=32, codebook_size=10, image_size=64)
-    assert (vq.codebook_size, vq.embed_dim, vq.downsample, vq.grid_size(), vq.num_tokens) == (10, 8, 2, 32, 1024)
+    assert (vq.codebook_size, vq.embed_dim, vq.downsample, vq.latent_grid(vq.image_size), vq.num_tokens) == (10, 8, 2, 32, 1024)
 
 
 def _tiny() -> VQTokenizer:
@@ -121,7 +121,7 @@ def test_forward_reconstructs_and_trains():
     (torch.nn.functional.mse_loss(recon, images) + loss.loss).backward()
     assert vq.encoder.conv_in.weight.grad.abs().sum() > 0  # through the straight-through estimator
     assert vq.quantize.embedding.weight.grad.abs().sum() > 0
-    quant, codes = vq.encode(images)
+    quant, codes = vq.quantize_images(images)
     assert quant.shape == (2, 4, 4, 4) and codes.shape == (2, 16) and codes.dtype == torch.long
     with torch.no_grad():
         torch.testing.assert_close(vq.decode_codes(codes), vq.decode(quant))
@@ -130,7 +130,7 @@ def test_forward_reconstructs_and_trains():
 def test_codes_are_row_major():
     vq = _tiny()
     images = torch.rand(1, 3, 8, 16) * 2 - 1
-    quant, codes = vq.encode(images)
+    quant, codes = vq.quantize_images(images)
     _, manual, _ = vq.quantize(vq.quant_conv(vq.encoder(images)))
     assert quant.shape[-2:] == (4, 8)
     book = torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1)
@@ -147,17 +147,17 @@ def test_errors_say_what_to_fix():
         llamagen_vq(variant="vq_8")
     vq = _tiny()
     with pytest.raises(InputError, match="multiples of 2"):
-        vq.encode(torch.zeros(1, 3, 9, 8))
+        vq.quantize_images(torch.zeros(1, 3, 9, 8))
     with pytest.raises(InputError, match=r"\(B, 3, H, W\)"):
-        vq.encode(torch.zeros(3, 8, 8))
+        vq.quantize_images(torch.zeros(3, 8, 8))
     with pytest.raises(InputError, match="do not form a square grid"):
         vq.decode_codes(torch.zeros(1, 15, dtype=torch.long))
     with pytest.raises(InputError, match="holds 12 codes but 16"):
         vq.decode_codes(torch.zeros(1, 16, dtype=torch.long), (3, 4))
     with pytest.raises(InputError, match=r"codes must lie in \[0, 16\)"):
         vq.decode_codes(torch.full((1, 16), 16))
-    with pytest.raises(InputError, match="not a multiple of the VQ downsampling factor 2"):
-        vq.grid_size(7)
+    with pytest.raises(InputError, match="not a positive multiple of the autoencoder.s downsampling factor 2"):
+        vq.latent_grid(7)
     with pytest.raises(CheckpointError, match="1 key.*encoder.conv_blocks.0.bogus.weight"):
         convert_janus_vq({"quant_conv.weight": torch.zeros(1), "encoder.conv_blocks.0.bogus.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="decoder.up.0.wrong"):

@@ -71,7 +71,7 @@ def test_batched_left_padding(case):
 @torch.no_grad()
 def test_vq_tokenizer(case):
     folder, golden, meta, model, processor = case
-    quant, codes = model.generator.autoencoder.encode(golden["vq.input"])
+    quant, codes = model.generator.autoencoder.quantize_images(golden["vq.input"])
     close(quant, golden["vq.quant"])
     assert torch.equal(codes, golden["vq.codes"])
     grid = meta["vq_grid"]
@@ -88,8 +88,8 @@ def test_text_to_image_with_guidance(case):
     assert torch.equal(model.generator.unconditional_ids(prompt_ids, prompt_mask, processor.pad_id),
                        golden["t2i.tokens"][1::2])
     out = model.generator.sample(model.backbone, prompt_ids, prompt_mask, pad_id=processor.pad_id,
-                                 guidance=meta["t2i_cfg_weight"], temperature=0.0, return_logits=True)
-    assert out.logits.shape[1] == meta["t2i_image_tokens"]
-    close(out.logits, golden["t2i.cfg_logits"])
-    assert torch.equal(out.codes, golden["t2i.generated"])
+                                 guidance=meta["t2i_cfg_weight"], temperature=0.0, keep_steps=True)
+    assert out.steps["logits"].shape[1] == meta["t2i_image_tokens"]
+    close(out.steps["logits"], golden["t2i.cfg_logits"])
+    assert torch.equal(out.latents, golden["t2i.generated"])
     close(out.images, golden["t2i.decoded"])

@@ -60,15 +60,16 @@ def test_rectified_flow_sampling(case):
     assert processor.generation_prompt_text(meta["flow_prompt_text"]) == meta["flow_prompt"]
     prompt_ids, prompt_mask = processor.generation_prompts([meta["flow_prompt_text"]] * batch)
     assert torch.equal(prompt_ids, golden["flow.tokens"][:batch])
-    images, trace = model.generator.sample(
+    out = model.generator.sample(
         model.backbone, prompt_ids, prompt_mask, pad_id=processor.pad_id, guidance=meta["flow_cfg_weight"],
-        num_steps=meta["flow_steps"], noise=golden["flow.z0"], return_trace=True,
+        num_steps=meta["flow_steps"], noise=golden["flow.z0"], keep_steps=True,
     )
+    trace = out.steps
     assert torch.equal(trace["tokens"], golden["flow.tokens"])
     assert torch.equal(trace["attention_mask"].long(), golden["flow.attention_mask"])
     last = meta["flow_steps"] - 1
     for step in (0, last):
         for name in ("t_emb", "v_cond", "v_uncond"):
-            close(trace["steps"][step][name], golden[f"flow.step{step}.{name}"])
-    close(trace["z_final"], golden["flow.z_final"])
+            close(trace[name][step], golden[f"flow.step{step}.{name}"])
+    close(out.latents, golden["flow.z_final"])
     close(trace["decoded"], golden["flow.decoded"])

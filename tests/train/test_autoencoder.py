@@ -69,7 +69,7 @@ def test_a_model_with_a_trained_tokenizer_saves_self_contained(images, tmp_path)
 
 
 def test_errors_say_what_to_fix(images, tmp_path):
-    with pytest.raises(ConfigError, match="knows 'llamagen_vq' and 'autoencoder_kl'"):
+    with pytest.raises(ConfigError, match="unknown image autoencoder 'siglip'"):
         train_autoencoder({"type": "siglip"}, images, tmp_path / "x")
     with pytest.raises(ConfigError, match="already has a 'path'"):
         train_autoencoder({**VQ, "path": "somewhere"}, images, tmp_path / "x")

@@ -64,15 +64,30 @@ def _listing(title: str, keys: list[str]) -> str:
     return f"\n  {title} ({len(keys)}): {shown}"
 
 
+def tied_aliases(model: nn.Module) -> set[str]:
+    """State-dict keys that name a tensor an earlier key already names (a module shared by two parts, like the
+    shared-VQ encoder's tokenizer tied to the generation path's): saved once, loaded through the first name."""
+    seen: set[int] = set()
+    aliases = set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.add(key)
+        seen.add(id(tensor))
+    return aliases
+
+
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint",
               ignore_missing: tuple[str, ...] = ()) -> None:
     """Load ``state_dict`` into ``model`` strictly, with one error that lists every problem.
 
     Args:
-        ignore_missing: key prefixes that may be absent (e.g. a VAE that lives in a separate folder).
+        ignore_missing: key prefixes that may be absent (e.g. a VAE that lives in a separate folder). Tied
+            aliases (:func:`tied_aliases`) may always be absent.
     """
     expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state_dict and not k.startswith(ignore_missing))
+    aliases = tied_aliases(model)
+    missing = sorted(k for k in expected
+                     if k not in state_dict and k not in aliases and not k.startswith(ignore_missing))
     unexpected = sorted(k for k in state_dict if k not in expected)
     misshapen = sorted(
         f"{k} {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"

@@ -16,6 +16,9 @@ member                      meaning
 ``transform()``             the callable that turns one image (path, PIL, array) into (3, S, S) prepared pixels
 ``alignment_features(x)``   generation images (B, 3, H, W) in [-1, 1] -> (B, N, C) target features for REPA
 ``freeze(frozen)``          stop (or restart) gradients to every trainable parameter
+``needs_generation_autoencoder``  (classmethod) whether a slot shares the generation path's autoencoder
+``folded_config()``         the slot arguments that rebuild it without the folder it was loaded from (or None)
+``frozen_children``         names of submodules that stay frozen in training unless a stage names them
 ==========================  ==========================================================================================
 
 Subclasses implement ``forward``, ``out_dim`` and ``num_tokens`` and set ``image_size``, ``pixel_mean`` and
@@ -25,7 +28,7 @@ Subclasses implement ``forward``, ``out_dim`` and ``num_tokens`` and set ``image
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +48,11 @@ class UnderstandingEncoder(nn.Module, ABC):
 
     #: ``"sequence"`` (one (B, N, C) tensor) or ``"pair"`` (a (high, low) tuple, DeepSeek-VL's hybrid).
     output_form: ClassVar[OutputForm] = "sequence"
+    #: Submodules frozen in training unless a stage names them (the shared-VQ encoder's tokenizer).
+    frozen_children: ClassVar[tuple[str, ...]] = ()
     image_size: int
+    #: The folder the weights were loaded from (``path:``), or None.
+    source_path: str | None = None
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -62,6 +69,12 @@ class UnderstandingEncoder(nn.Module, ABC):
     @abstractmethod
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) prepared pixels -> (B, num_tokens, out_dim), or (high, low) for ``output_form == "pair"``."""
+
+    @classmethod
+    def needs_generation_autoencoder(cls, kwargs: dict[str, Any]) -> bool:
+        """Whether the slot ``kwargs`` ask to share the generation path's autoencoder (then the model builds the
+        generation path first and offers it to ``from_config`` as ``generation_autoencoder``)."""
+        return False
 
     def transform(self) -> PadToSquare:
         """The image transform this encoder expects: resize and pad to a square of ``image_size`` with the mean
@@ -83,6 +96,11 @@ class UnderstandingEncoder(nn.Module, ABC):
         dtype = next((p.dtype for p in self.parameters()), x.dtype)
         out = self(((x - mean) / std).to(dtype))
         return out[1] if self.output_form == "pair" else out
+
+    def folded_config(self) -> dict | None:
+        """Slot arguments that rebuild this encoder without the folder it was loaded from (``path`` is dropped by
+        the saver), so a saved model is self-contained; None when it was not loaded from a folder."""
+        return None
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients to every parameter."""

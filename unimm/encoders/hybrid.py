@@ -21,11 +21,14 @@ Shapes: ``forward(images)`` (B, 3, S, S) in [0, 1] -> ``(high, low)``, each (B, 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError, InputError
+from ..registry.registry import build_child
+from .base import UnderstandingEncoder
 from . import sam as sam_module
 from . import siglip as siglip_module
 from .sam import SAMEncoder, convert_sam
@@ -47,31 +50,30 @@ def _normaliser(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
 # module
 # ---------------------------------------------------------------------------------------------------------------
 @ENCODERS.register("sam_siglip")
-class HybridEncoder(nn.Module):
+class HybridEncoder(UnderstandingEncoder):
     """SAM (high resolution) + SigLIP (low resolution) towers on the same image, returning both token sequences.
 
     Args:
-        high: the SAM tower: a built :class:`SAMEncoder` or its keyword arguments (default: released
-            ``sam_b_downsample`` at 1024 px).
-        low: the SigLIP tower: a built :class:`SigLIPEncoder` or its keyword arguments (default: released
-            ``siglip_large_patch16_384``). Its ``image_size`` is the size the image is resized to.
+        high: the SAM tower, a built :class:`SAMEncoder` (config: its keyword arguments under ``high``; default
+            the released ``sam_b_downsample`` at 1024 px).
+        low: the SigLIP tower, a built :class:`SigLIPEncoder` (config: its keyword arguments under ``low``;
+            default the released ``siglip_large_patch16_384``). Its ``image_size`` is the size the image is
+            resized to.
 
     Input: (B, 3, S, S) pixels in [0, 1], S = ``image_size`` (the SAM tower's). Output: a tuple
     ``(high, low)`` of (B, num_tokens, out_dim) tensors (released: two (B, 576, 1024)).
     """
 
-    def __init__(
-        self,
-        high: Mapping | SAMEncoder | None = None,
-        low: Mapping | SigLIPEncoder | None = None,
-    ):
+    output_form = "pair"
+    config_defaults = {"high": RELEASED_HIGH, "low": RELEASED_LOW}
+
+    def __init__(self, high: SAMEncoder, low: SigLIPEncoder, *, where: str = "model.und_encoder"):
         super().__init__()
-        self.vision_tower_high = high if isinstance(high, nn.Module) else SAMEncoder(**dict(high or RELEASED_HIGH))
-        self.vision_tower_low = low if isinstance(low, nn.Module) else SigLIPEncoder(**dict(low or RELEASED_LOW))
+        self.vision_tower_high, self.vision_tower_low = high, low
         h, lo = self.vision_tower_high, self.vision_tower_low
         if h.out_dim != lo.out_dim or h.num_tokens != lo.num_tokens:
             raise ConfigError(
-                f"model.und_encoder: the SAM tower gives {h.num_tokens} tokens of width {h.out_dim} but the SigLIP "
+                f"{where}: the SAM tower gives {h.num_tokens} tokens of width {h.out_dim} but the SigLIP "
                 f"tower {lo.num_tokens} of width {lo.out_dim}; the hybrid aligner needs both equal (change "
                 f"downsample_channels / resample_size or the SigLIP width / image_size)"
             )
@@ -88,6 +90,13 @@ class HybridEncoder(nn.Module):
         # Input range this encoder expects from the image transform: raw [0, 1] pixels.
         self.pixel_mean = (0.0, 0.0, 0.0)
         self.pixel_std = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def from_config(cls, kwargs: dict[str, Any], *, where: str) -> HybridEncoder:
+        """Build the two towers from their keyword arguments (``high``, ``low``; released ones by default)."""
+        high = build_child(SAMEncoder, kwargs["high"], where=f"{where}.high", label="SAM tower")
+        low = build_child(SigLIPEncoder, kwargs["low"], where=f"{where}.low", label="SigLIP tower")
+        return cls(high, low, where=where)
 
     @property
     def image_size(self) -> int:
@@ -131,10 +140,6 @@ class HybridEncoder(nn.Module):
         low = self.vision_tower_low((low_images - self.low_mean) / self.low_std)
         return high, low
 
-    def freeze(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradients to every parameter."""
-        for p in self.parameters():
-            p.requires_grad_(not frozen)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
-from .transforms import PadToSquare
+from .base import UnderstandingEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,7 +54,7 @@ SAM_VARIANTS: dict[str, dict] = {
 # module
 # ---------------------------------------------------------------------------------------------------------------
 @ENCODERS.register("sam")
-class SAMEncoder(nn.Module):
+class SAMEncoder(UnderstandingEncoder):
     """SAM ViT with the DeepSeek-VL SAM-HD branch and stride-2 downsampling, returning a feature map.
 
     Args:
@@ -90,6 +90,8 @@ class SAMEncoder(nn.Module):
         resample_size: int = 96,
         pixel_mean: Sequence[float] = CLIP_MEAN,
         pixel_std: Sequence[float] = CLIP_STD,
+        *,
+        where: str = "model.und_encoder",
     ):
         super().__init__()
         from timm.models.vision_transformer_sam import VisionTransformerSAM
@@ -98,29 +100,29 @@ class SAMEncoder(nn.Module):
             dict(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
                  mlp_ratio=mlp_ratio, global_attn_indexes=global_attn_indexes, window_size=window_size,
                  neck_dim=neck_dim, downsample_channels=downsample_channels),
-            variant, SAM_VARIANTS, family="SAM", where="model.und_encoder",
+            variant, SAM_VARIANTS, family="SAM", where=where,
             defaults={"window_size": 14, "mlp_ratio": 4.0},  # the reference fixes these for every SAM tower
         )
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
-                f"model.und_encoder: SAM image_size {sizes['image_size']} is not a multiple of patch_size "
+                f"{where}: SAM image_size {sizes['image_size']} is not a multiple of patch_size "
                 f"{sizes['patch_size']}"
             )
         globals_ = sorted(int(i) for i in sizes["global_attn_indexes"])
         if not globals_ or globals_[0] < 0 or globals_[-1] >= sizes["layers"]:
             raise ConfigError(
-                f"model.und_encoder.global_attn_indexes {list(sizes['global_attn_indexes'])} must name at least one "
+                f"{where}.global_attn_indexes {list(sizes['global_attn_indexes'])} must name at least one "
                 f"block in 0..{sizes['layers'] - 1} (the first global block feeds the SAM-HD branch)"
             )
         if sizes["window_size"] < 1:
             raise ConfigError(
-                f"model.und_encoder.window_size {sizes['window_size']} must be at least 1: the blocks outside "
+                f"{where}.window_size {sizes['window_size']} must be at least 1: the blocks outside "
                 f"global_attn_indexes attend within windows"
             )
         n_down = len(sizes["downsample_channels"])
         if resample_size % (2 ** n_down):
             raise ConfigError(
-                f"model.und_encoder.resample_size {resample_size} must be divisible by 2**{n_down} "
+                f"{where}.resample_size {resample_size} must be divisible by 2**{n_down} "
                 f"(one halving per downsample convolution)"
             )
 
@@ -183,10 +185,6 @@ class SAMEncoder(nn.Module):
         x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False).to(x.dtype)
         return self.downsamples(x)
 
-    def transform(self) -> PadToSquare:
-        """The image transform this tower expects alone (pad to square with the mean colour, CLIP normalisation)."""
-        return PadToSquare(self.image_size, self.pixel_mean, self.pixel_std)
-
     def forward_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> feature map (B, out_dim, grid_size, grid_size)."""
         neck, (first_global,) = self.vit.forward_intermediates(
@@ -199,11 +197,6 @@ class SAMEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim), the map flattened row-major."""
         return self.forward_map(pixel_values).flatten(2).transpose(1, 2)
-
-    def freeze(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradients to every parameter."""
-        for p in self.parameters():
-            p.requires_grad_(not frozen)
 
 
 # ---------------------------------------------------------------------------------------------------------------

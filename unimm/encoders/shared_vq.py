@@ -18,13 +18,14 @@ Shapes: ``forward(images)`` (B, 3, S, S) in [-1, 1] -> (B, (S / 16)^2, out_dim) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..generation.autoencoder import DiscreteAutoencoder
 from ..registry import AUTOENCODERS, ENCODERS, ConfigError, InputError
-from .transforms import PadToSquare
+from .base import UnderstandingEncoder
 
 FEATURES = ("quant", "codes")
 
@@ -33,14 +34,14 @@ FEATURES = ("quant", "codes")
 # module
 # ---------------------------------------------------------------------------------------------------------------
 @ENCODERS.register("shared_vq")
-class SharedVQEncoder(nn.Module):
+class SharedVQEncoder(UnderstandingEncoder):
     """Understanding features from a frozen VQ tokenizer: its quantised latents, or an embedding of its codes.
 
     Args:
-        autoencoder: the tokenizer: a config for ``AUTOENCODERS.build`` (``{"type": "llamagen_vq", "variant":
-            "vq_16"}``), or an already built one (e.g. the generation path's own, to share its weights). It must
-            offer ``encode(images) -> (quant (B, C, h, w), codes (B, h*w))``, ``embed_dim``, ``codebook_size`` and
-            ``downsample``.
+        autoencoder: the tokenizer, a built :class:`~unimm.generation.autoencoder.DiscreteAutoencoder`. From a
+            config: leave ``autoencoder`` out to use the generation path's own tokenizer, one module tied between
+            the two paths as in the Janus ablation (the model passes it as ``generation_autoencoder``); give an
+            ``AUTOENCODERS`` slot (``{"type": "llamagen_vq", "variant": "vq_16"}``) to keep a separate copy.
         image_size: input side in pixels (Janus: 384); a multiple of the tokenizer's downsampling factor.
         features: ``"quant"`` (the quantised latents) or ``"codes"`` (a learned embedding of the codes).
         code_dim: width of the code embedding for ``features="codes"`` (default: the codebook width).
@@ -48,34 +49,35 @@ class SharedVQEncoder(nn.Module):
     Input: (B, 3, image_size, image_size) pixels in [-1, 1]. Output: (B, num_tokens, out_dim).
     """
 
+    frozen_children = ("tokenizer",)
+    config_defaults = {"autoencoder": None}  # left out: share the generation path's tokenizer
+
     def __init__(
         self,
-        autoencoder: Mapping | nn.Module,
+        autoencoder: DiscreteAutoencoder,
         image_size: int,
         features: str = "quant",
         code_dim: int | None = None,
+        *,
+        where: str = "model.und_encoder",
     ):
         super().__init__()
         if features not in FEATURES:
             raise ConfigError(
-                f"model.und_encoder.features: '{features}' is not one of {', '.join(FEATURES)} ('quant' reads the "
+                f"{where}.features: '{features}' is not one of {', '.join(FEATURES)} ('quant' reads the "
                 f"quantised latents, 'codes' a learned embedding of the code ids)"
             )
         if code_dim is not None and features != "codes":
-            raise ConfigError("model.und_encoder.code_dim only applies to features: codes; remove it or switch")
-        tokenizer = (
-            autoencoder if isinstance(autoencoder, nn.Module)
-            else AUTOENCODERS.build(autoencoder, where="model.und_encoder.autoencoder")
-        )
-        for needed in ("encode", "embed_dim", "codebook_size", "downsample"):
-            if not hasattr(tokenizer, needed):
-                raise ConfigError(
-                    f"model.und_encoder.autoencoder: {type(tokenizer).__name__} has no '{needed}'; the shared VQ "
-                    f"encoder needs a VQ tokenizer such as llamagen_vq"
-                )
+            raise ConfigError(f"{where}.code_dim only applies to features: codes; remove it or switch")
+        tokenizer = autoencoder
+        if not isinstance(tokenizer, DiscreteAutoencoder):
+            raise ConfigError(
+                f"{where}.autoencoder: {type(tokenizer).__name__} has no codebook; the shared VQ encoder needs a "
+                f"discrete autoencoder such as llamagen_vq"
+            )
         if image_size % tokenizer.downsample:
             raise ConfigError(
-                f"model.und_encoder.image_size {image_size} is not a multiple of the tokenizer's downsampling "
+                f"{where}.image_size {image_size} is not a multiple of the tokenizer's downsampling "
                 f"factor {tokenizer.downsample}"
             )
         self.tokenizer = tokenizer
@@ -86,9 +88,30 @@ class SharedVQEncoder(nn.Module):
         self.code_embed = (
             nn.Embedding(tokenizer.codebook_size, code_dim or tokenizer.embed_dim) if features == "codes" else None
         )
-        # The tokenizer reads pixels in [-1, 1].
-        self.pixel_mean = (0.5, 0.5, 0.5)
-        self.pixel_std = (0.5, 0.5, 0.5)
+        # The tokenizer reads pixels in [-1, 1]: the contract's default 0.5 / 0.5 normalisation.
+
+    @classmethod
+    def needs_generation_autoencoder(cls, kwargs: dict[str, Any]) -> bool:
+        """True when the slot gives no ``autoencoder``: the encoder then shares the generation path's."""
+        return kwargs.get("autoencoder") is None
+
+    @classmethod
+    def from_config(
+        cls, kwargs: dict[str, Any], *, where: str, generation_autoencoder: Any = None
+    ) -> SharedVQEncoder:
+        """Build the slot's own tokenizer, or take ``generation_autoencoder`` (tied) when the slot has none."""
+        kwargs = dict(kwargs)
+        shared = generation_autoencoder
+        if kwargs.get("autoencoder") is not None:
+            kwargs["autoencoder"] = AUTOENCODERS.build(kwargs["autoencoder"], where=f"{where}.autoencoder")
+        elif shared is not None:
+            kwargs["autoencoder"] = shared
+        else:
+            raise ConfigError(
+                f"{where}.autoencoder: no tokenizer to share (the generation path has no discrete autoencoder); give "
+                f"the encoder its own, e.g. autoencoder: {{type: llamagen_vq, variant: vq_16}}"
+            )
+        return cls(**kwargs, where=where)
 
     @property
     def out_dim(self) -> int:
@@ -99,10 +122,6 @@ class SharedVQEncoder(nn.Module):
     def num_tokens(self) -> int:
         """Latent cells per image: (image_size / downsample)^2."""
         return (self.image_size // self.tokenizer.downsample) ** 2
-
-    def transform(self) -> PadToSquare:
-        """The image transform: pad to a square of ``image_size`` (grey), map pixels to [-1, 1]."""
-        return PadToSquare(self.image_size, self.pixel_mean, self.pixel_std)
 
     def train(self, mode: bool = True) -> SharedVQEncoder:
         """Switch the trainable parts; the frozen tokenizer stays in eval mode."""
@@ -118,7 +137,7 @@ class SharedVQEncoder(nn.Module):
                 f"{tuple(images.shape)}; use encoder.transform() to prepare them"
             )
         with torch.no_grad():
-            quant, codes = self.tokenizer.encode(images)
+            quant, codes = self.tokenizer.quantize_images(images)
         if self.code_embed is not None:
             return self.code_embed(codes)
         return quant.flatten(2).transpose(1, 2)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
-from .transforms import PadToSquare
+from .base import UnderstandingEncoder
 
 # Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
 SIGLIP_VARIANTS: dict[str, dict] = {
@@ -28,7 +28,7 @@ SIGLIP_VARIANTS: dict[str, dict] = {
 
 
 @ENCODERS.register("siglip")
-class SigLIPEncoder(nn.Module):
+class SigLIPEncoder(UnderstandingEncoder):
     """SigLIP ViT returning patch tokens (no class token), built on timm's ``VisionTransformer``.
 
     Args:
@@ -58,6 +58,8 @@ class SigLIPEncoder(nn.Module):
         pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
         pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
         path: str | None = None,
+        *,
+        where: str = "model.und_encoder",
     ):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
@@ -68,19 +70,19 @@ class SigLIPEncoder(nn.Module):
             from ..checkpoint.io import read_part_config
 
             if select_layer != -1:
-                raise ConfigError("model.und_encoder: a saved encoder (path) is used whole; drop select_layer")
-            sizes = read_part_config(path, given, "model.und_encoder", (*given, "pixel_mean", "pixel_std"))
+                raise ConfigError(f"{where}: a saved encoder (path) is used whole; drop select_layer")
+            sizes = read_part_config(path, given, where, (*given, "pixel_mean", "pixel_std"))
             pixel_mean, pixel_std = sizes.pop("pixel_mean", pixel_mean), sizes.pop("pixel_std", pixel_std)
         else:
-            sizes = resolve_sizes(given, variant, SIGLIP_VARIANTS, family="SigLIP", where="model.und_encoder")
+            sizes = resolve_sizes(given, variant, SIGLIP_VARIANTS, family="SigLIP", where=where)
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
-                f"model.und_encoder: image_size {sizes['image_size']} is not a multiple of patch_size "
+                f"{where}: image_size {sizes['image_size']} is not a multiple of patch_size "
                 f"{sizes['patch_size']}"
             )
         depth = sizes["layers"] + select_layer + 1 if select_layer < 0 else select_layer
         if not 1 <= depth <= sizes["layers"]:
-            raise ConfigError(f"model.und_encoder.select_layer {select_layer} is outside 1..{sizes['layers']} blocks")
+            raise ConfigError(f"{where}.select_layer {select_layer} is outside 1..{sizes['layers']} blocks")
 
         self.variant = None if path is not None else variant
         self.image_size = int(sizes["image_size"])
@@ -106,6 +108,7 @@ class SigLIPEncoder(nn.Module):
             from ..checkpoint.io import load_into, load_weights
 
             load_into(self, load_weights(path), source=str(path))
+            self.source_path = str(path)
 
     @property
     def out_dim(self) -> int:
@@ -116,10 +119,6 @@ class SigLIPEncoder(nn.Module):
     def num_tokens(self) -> int:
         """Tokens per image: (image_size / patch_size)^2."""
         return (self.image_size // self.patch_size) ** 2
-
-    def transform(self) -> PadToSquare:
-        """The image transform this encoder expects (pad to square with the mean colour, normalise)."""
-        return PadToSquare(self.image_size, self.pixel_mean, self.pixel_std)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm."""
@@ -137,10 +136,9 @@ class SigLIPEncoder(nn.Module):
 
         return save_part(self, self.architecture, folder, extra=notes)
 
-    def freeze(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradients to every parameter."""
-        for p in self.parameters():
-            p.requires_grad_(not frozen)
+    def folded_config(self) -> dict | None:
+        """:attr:`architecture` when loaded from a folder (``path``), else None."""
+        return dict(self.architecture) if self.source_path is not None else None
 
 
 def convert_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

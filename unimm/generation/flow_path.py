@@ -22,9 +22,8 @@ KV cache is reused by every step (the demo means to, but its cache list is empty
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,9 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import AUTOENCODERS, GENERATORS, CheckpointError, ConfigError, InputError
-from .base import GenerationLoss, GenerationPath, check_left_padded
+from ..registry.registry import build_child
+from .autoencoder import ImageAutoencoder
+from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 from .vae import autoencoder_kl  # noqa: F401  (registers the default autoencoder)
 
@@ -51,32 +52,16 @@ JANUSFLOW_DECODER: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _build_uvit(cls: type, params: dict[str, Any] | None, defaults: dict[str, Any], hidden_size: int, where: str):
-    """Build a U-ViT part from released-style params, checking keys and filling ``hidden_size``."""
-    params = dict(defaults if params is None else params)
-    known = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    for key in params:
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown key for {cls.__name__}. Valid keys: {', '.join(known)}")
-    given = params.get("hidden_size")
-    if given is not None and given != hidden_size:
-        raise ConfigError(
-            f"{where}.hidden_size = {given} contradicts the language model width {hidden_size}: the time embedding "
-            f"enters the language model as a token; remove the key to infer it"
-        )
-    params["hidden_size"] = hidden_size
-    return cls(**params)
-
-
 class RectifiedFlowPath(GenerationPath):
     """JanusFlow's rectified-flow generation path (see the module docstring for the computation).
 
     Args:
         hidden_size: the language model's width (inferred from the backbone).
-        autoencoder: ``AUTOENCODERS`` config of the VAE (default: SDXL VAE architecture, frozen).
-        encoder: ``ShallowUViTEncoder`` keyword arguments (the released ``vision_gen_enc_config.params``);
-            ``hidden_size`` is filled in. Default: JanusFlow-1.3B's.
-        decoder: ``ShallowUViTDecoder`` keyword arguments (``vision_gen_dec_config.params``). Default: 1.3B's.
+        autoencoder: the VAE, a built :class:`~unimm.generation.autoencoder.ImageAutoencoder` (config:
+            ``AUTOENCODERS`` slot, default the SDXL VAE architecture, frozen).
+        encoder: a built :class:`ShallowUViTEncoder` (config: its keyword arguments, the released
+            ``vision_gen_enc_config.params``, ``hidden_size`` filled in; default JanusFlow-1.3B's).
+        decoder: a built :class:`ShallowUViTDecoder` (config: ``vision_gen_dec_config.params``; default 1.3B's).
         image_size: generated image side in pixels (384).
         rms_norm_eps: epsilon of ``decoder_aligner_norm`` (the language model's ``rms_norm_eps``).
         num_steps: default number of Euler steps (30, the released demo's).
@@ -96,12 +81,22 @@ class RectifiedFlowPath(GenerationPath):
     ``num_image_tokens = g * g`` (576 for JanusFlow-1.3B at 384 px).
     """
 
+    child_slots: ClassVar[dict] = {"autoencoder": AUTOENCODERS}
+    config_defaults: ClassVar[dict] = {"autoencoder": {"type": "autoencoder_kl"}, "encoder": JANUSFLOW_ENCODER,
+                                       "decoder": JANUSFLOW_DECODER}
+    sample_options: ClassVar[dict[str, SampleOption]] = {
+        "guidance": SampleOption(float, None, min=0.0, help="classifier-free guidance weight w (1 = unguided; "
+                                 "default: the path's guidance)"),
+        "num_steps": SampleOption(int, None, min=1, help="Euler steps of the ODE (default: the path's num_steps)"),
+    }
+    start_token = "the begin-of-generation token"
+
     def __init__(
         self,
         hidden_size: int,
-        autoencoder: dict | None = None,
-        encoder: dict | None = None,
-        decoder: dict | None = None,
+        autoencoder: ImageAutoencoder,
+        encoder: ShallowUViTEncoder,
+        decoder: ShallowUViTDecoder,
         image_size: int = 384,
         rms_norm_eps: float = 1e-6,
         num_steps: int = 30,
@@ -112,13 +107,16 @@ class RectifiedFlowPath(GenerationPath):
         repa_layer: int | None = None,
         repa_weight: float = 1.0,
         repa_dim: int | None = None,
+        *,
+        where: str = "model.generator",
     ):
         super().__init__()
+        self.where = where
         if time_sampling not in ("logit_normal", "uniform"):
-            raise ConfigError(f"generator.time_sampling = {time_sampling!r}: choose 'logit_normal' or 'uniform'")
+            raise ConfigError(f"{where}.time_sampling = {time_sampling!r}: choose 'logit_normal' or 'uniform'")
         if repa_layer is not None and repa_dim is None:
             raise ConfigError(
-                "generator.repa_dim: REPA is on (repa_layer set) but the understanding encoder's width is unknown; "
+                f"{where}.repa_dim: REPA is on (repa_layer set) but the understanding encoder's width is unknown; "
                 "give repa_dim or build the path through the model, which infers it"
             )
         self.hidden_size = hidden_size
@@ -128,9 +126,7 @@ class RectifiedFlowPath(GenerationPath):
         self.logit_normal_mean, self.logit_normal_std = logit_normal_mean, logit_normal_std
         self.repa_layer, self.repa_weight, self.repa_dim = repa_layer, repa_weight, repa_dim
 
-        self.autoencoder = AUTOENCODERS.build(autoencoder or {"type": "autoencoder_kl"}, where="generator.autoencoder")
-        self.encoder = _build_uvit(ShallowUViTEncoder, encoder, JANUSFLOW_ENCODER, hidden_size, "generator.encoder")
-        self.decoder = _build_uvit(ShallowUViTDecoder, decoder, JANUSFLOW_DECODER, hidden_size, "generator.decoder")
+        self.autoencoder, self.encoder, self.decoder = autoencoder, encoder, decoder
         self._check_sizes()
         self.encoder_aligner = nn.Linear(self.encoder.out_channels, hidden_size)
         self.decoder_aligner_norm = LlamaRMSNorm(hidden_size, eps=rms_norm_eps)
@@ -145,26 +141,48 @@ class RectifiedFlowPath(GenerationPath):
         else:
             self.repa_projector = None
 
+    @property
+    def uses_und_features(self) -> bool:
+        """REPA is on: :meth:`loss` aligns an LLM layer to the understanding encoder's features."""
+        return self.repa_projector is not None
+
+    @classmethod
+    def from_config(cls, kwargs: dict[str, Any], *, where: str) -> RectifiedFlowPath:
+        """Build the VAE and the U-ViT encoder / decoder (their ``hidden_size`` is the LLM's), then the path."""
+        kwargs = dict(kwargs)
+        hidden_size = kwargs["hidden_size"]
+        kwargs["autoencoder"] = AUTOENCODERS.build(kwargs["autoencoder"], where=f"{where}.autoencoder")
+        for name, part in (("encoder", ShallowUViTEncoder), ("decoder", ShallowUViTDecoder)):
+            params = dict(kwargs[name])
+            if params.get("hidden_size") not in (None, hidden_size):
+                raise ConfigError(
+                    f"{where}.{name}.hidden_size = {params['hidden_size']} contradicts the language model width "
+                    f"{hidden_size}: the time embedding enters the language model as a token; remove the key"
+                )
+            params["hidden_size"] = hidden_size
+            kwargs[name] = build_child(part, params, where=f"{where}.{name}", label=part.__name__)
+        return cls(**kwargs, where=where)
+
     def _check_sizes(self) -> None:
         """Every width and grid that one part fixes for another must agree; say which numbers differ."""
-        ae, enc, dec = self.autoencoder, self.encoder, self.decoder
+        ae, enc, dec, where = self.autoencoder, self.encoder, self.decoder, self.where
         if self.image_size % ae.downsample:
             raise ConfigError(
-                f"generator.image_size = {self.image_size} is not divisible by the VAE's downsampling {ae.downsample}"
+                f"{where}.image_size = {self.image_size} is not divisible by the VAE's downsampling {ae.downsample}"
             )
         self.latent_size = self.image_size // ae.downsample
-        for where, got in (("encoder.input_channels", enc.input_channels), ("decoder.out_channels", dec.out_channels)):
+        for name, got in (("encoder.input_channels", enc.input_channels), ("decoder.out_channels", dec.out_channels)):
             if got != ae.latent_channels:
-                raise ConfigError(f"generator.{where} = {got} but the VAE has {ae.latent_channels} latent channels")
+                raise ConfigError(f"{where}.{name} = {got} but the VAE has {ae.latent_channels} latent channels")
         if dec.skip_channels != enc.out_channels:
             raise ConfigError(
-                f"generator.decoder.block_out_channels = [{dec.skip_channels}] must equal the encoder's width "
+                f"{where}.decoder.block_out_channels = [{dec.skip_channels}] must equal the encoder's width "
                 f"[{enc.out_channels}] (the skip connection)"
             )
         self.grid_size = enc.grid_size(self.latent_size)
         if self.grid_size * 2**dec.upsamples != self.latent_size:
             raise ConfigError(
-                f"generator: the encoder turns a {self.latent_size}x{self.latent_size} latent into a "
+                f"{where}: the encoder turns a {self.latent_size}x{self.latent_size} latent into a "
                 f"{self.grid_size}x{self.grid_size} grid, but the decoder's {dec.upsamples} 2x upsampling(s) give "
                 f"{self.grid_size * 2**dec.upsamples}; change encoder.stride or decoder.upsamples"
             )
@@ -198,18 +216,6 @@ class RectifiedFlowPath(GenerationPath):
         uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
         return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
 
-    def _check_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, embeds: bool = False):
-        name = "prompt_embeds" if embeds else "prompt_ids"
-        if prompt_ids.ndim != (3 if embeds else 2) or prompt_ids.shape[1] < 2:
-            raise InputError(
-                f"{name} must be {'(B, L, D)' if embeds else '(B, L)'} with L >= 2 (at least BOS and the "
-                f"begin-of-generation token), got shape {tuple(prompt_ids.shape)}"
-            )
-        if prompt_mask is None or tuple(prompt_mask.shape) != tuple(prompt_ids.shape[:2]):
-            raise InputError(f"prompt_mask must have shape {tuple(prompt_ids.shape[:2])}, got "
-                             f"{None if prompt_mask is None else tuple(prompt_mask.shape)}")  # fmt: skip
-        check_left_padded(prompt_mask, "the begin-of-generation token")
-
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
@@ -223,10 +229,10 @@ class RectifiedFlowPath(GenerationPath):
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        keep_steps: bool = False,
         noise: torch.Tensor | None = None,
-        return_trace: bool = False,
         use_prompt_cache: bool = True,
-    ):
+    ) -> GenerationOutput:
         """Generate one image per prompt by Euler integration of the guided velocity from t=0 to t=1.
 
         Args:
@@ -238,17 +244,16 @@ class RectifiedFlowPath(GenerationPath):
             num_steps: Euler steps (default ``self.num_steps``).
             generator: random source of the initial noise.
             progress: show a progress bar.
+            keep_steps: record in ``steps``: ``tokens`` (2B, L), ``attention_mask`` (2B, L + N), ``t_emb`` (per step
+                (2B, D)), ``v_cond``, ``v_uncond`` (per step (B, C, h, w)) and ``decoded`` (the unclamped VAE decode).
             noise: (B, C, h, w) initial latent instead of drawing one.
-            return_trace: also return a dict with ``tokens`` (2B, L), ``attention_mask`` (2B, L + N),
-                ``steps`` (per step: ``t_emb`` (2B, D), ``v_cond``, ``v_uncond`` (B, C, h, w)), ``z_final`` and
-                ``decoded`` (the unclamped VAE decode).
             use_prompt_cache: run the prompt once and reuse its KV cache (default); False recomputes it at every
                 step like the released demo (same result, slower; kept for benchmarks and tests).
 
         Returns:
-            images (B, 3, H, W) clamped to [-1, 1], or ``(images, trace)`` with ``return_trace``.
+            images (B, 3, H, W) clamped to [-1, 1]; ``latents`` the final ODE state z (B, C, h, w).
         """
-        self._check_prompt(prompt_ids, prompt_mask)
+        self.check_prompt(prompt_ids, prompt_mask)
         guidance = self.guidance if guidance is None else guidance
         num_steps = self.num_steps if num_steps is None else num_steps
         if num_steps < 1:
@@ -280,7 +285,8 @@ class RectifiedFlowPath(GenerationPath):
         if use_prompt_cache:
             cache = backbone(prefix_embeds, attention_mask=prefix_mask, position_ids=prefix_pos, use_cache=True)
             cache = cache.past_key_values
-        trace: dict[str, Any] = {"tokens": ids, "attention_mask": attention_mask, "steps": []}
+        trace: dict[str, Any] = {"tokens": ids, "attention_mask": attention_mask, "t_emb": [], "v_cond": [],
+                                 "v_uncond": []}
         steps = range(num_steps)
         if progress:
             from tqdm.auto import tqdm
@@ -303,14 +309,12 @@ class RectifiedFlowPath(GenerationPath):
                 ).hidden_states  # fmt: skip
             v_cond, v_uncond = self._velocity(hidden[:, -n:], skip, t_emb).chunk(2)
             z = z + dt * (guidance * v_cond - (guidance - 1.0) * v_uncond)
-            if return_trace:
-                trace["steps"].append({"t_emb": t_emb, "v_cond": v_cond, "v_uncond": v_uncond})
+            if keep_steps:
+                for key, value in (("t_emb", t_emb), ("v_cond", v_cond), ("v_uncond", v_uncond)):
+                    trace[key].append(value)
         decoded = self.autoencoder.decode(z)
         images = decoded.clamp(-1.0, 1.0)
-        if not return_trace:
-            return images
-        trace.update(z_final=z, decoded=decoded)
-        return images, trace
+        return GenerationOutput(images, z, {**trace, "decoded": decoded} if keep_steps else {})
 
     # -- training -------------------------------------------------------------------------------------------
     def sample_time(self, batch: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -366,7 +370,7 @@ class RectifiedFlowPath(GenerationPath):
         Returns:
             ``GenerationLoss`` with ``parts`` ``flow`` and, with REPA, ``repa``.
         """
-        self._check_prompt(prompt_embeds, prompt_mask, embeds=True)
+        self.check_prompt(prompt_embeds, prompt_mask)
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise InputError(f"images must be {self.image_size}x{self.image_size}, got {tuple(images.shape[-2:])}")
         if self.repa_projector is not None and und_features is None:
@@ -395,7 +399,7 @@ class RectifiedFlowPath(GenerationPath):
             states = out.all_hidden_states
             if not 0 <= self.repa_layer < len(states):
                 raise ConfigError(
-                    f"generator.repa_layer = {self.repa_layer}: the backbone has hidden states 0..{len(states) - 1}"
+                    f"{self.where}.repa_layer = {self.repa_layer}: the backbone has hidden states 0..{len(states) - 1}"
                 )
             if und_features.shape[-1] != self.repa_dim:
                 raise InputError(f"und_features width {und_features.shape[-1]} != repa_dim {self.repa_dim}")

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
 from ..registry import AUTOENCODERS, ConfigError, InputError
+from .autoencoder import ImageAutoencoder
 
 #: The SDXL VAE architecture (stabilityai/sdxl-vae config.json), the default of ``KLAutoencoder``.
 SDXL_VAE_CONFIG: dict[str, Any] = {
@@ -56,7 +59,7 @@ def _autoencoder_kl_config(overrides: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-class KLAutoencoder(nn.Module):
+class KLAutoencoder(ImageAutoencoder):
     """A diffusers ``AutoencoderKL`` with scaled latents, frozen unless asked otherwise.
 
     Args:
@@ -66,6 +69,7 @@ class KLAutoencoder(nn.Module):
         trainable: if False (default) the weights are frozen, the module stays in eval mode and ``encode`` runs
             without gradients.
         sample_posterior: ``encode`` returns a sample of the posterior instead of its mean.
+        kl_weight: weight of the per-pixel KL term in :meth:`reconstruction_loss` (training the VAE itself).
 
     Shapes: ``encode`` (B, 3, H, W) -> (B, C, H/d, W/d) scaled latents; ``decode`` the reverse, with
     C = ``latent_channels`` and d = ``downsample``.
@@ -77,6 +81,7 @@ class KLAutoencoder(nn.Module):
         config: dict | None = None,
         trainable: bool = False,
         sample_posterior: bool = False,
+        kl_weight: float = 1e-4,
     ):
         super().__init__()
         if path is not None:
@@ -88,10 +93,12 @@ class KLAutoencoder(nn.Module):
                     f"(e.g. stabilityai/sdxl-vae) to a local folder and point 'path' at it"
                 )
             self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+            self.source_path = str(path)
         else:
             self.vae = AutoencoderKL(**_autoencoder_kl_config(dict(config or {})))
         self.trainable = trainable
         self.sample_posterior = sample_posterior
+        self.kl_weight = kl_weight
         if not trainable:
             self.vae.requires_grad_(False)
             self.vae.eval()
@@ -149,10 +156,38 @@ class KLAutoencoder(nn.Module):
             )
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample
 
+    # -- training and files ---------------------------------------------------------------------------------
+    def reconstruction_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L1 + L2 reconstruction of a posterior sample plus ``kl_weight`` x the per-pixel KL from N(0, I)."""
+        posterior = self.posterior(images)
+        recon = self.vae.decode(posterior.sample()).sample
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        kl = posterior.kl().mean() / images[0].numel()
+        return rec + self.kl_weight * kl, {"reconstruction": rec.detach(), "kl": kl.detach()}
+
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Scale the latents to unit standard deviation over (up to 1024 of) ``images``, as SD / SDXL did."""
+        latents = self.posterior(images[:1024]).mean
+        self.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write a diffusers folder (``config.json`` + weights) that ``autoencoder_kl(path=folder)`` loads."""
+        self.vae.save_pretrained(str(folder))
+        return Path(folder)
+
+    def folded_config(self) -> dict | None:
+        """``{"config": <the diffusers config>}`` when loaded from a folder, else None."""
+        if self.source_path is None:
+            return None
+        return {"config": {k: v for k, v in dict(self.vae.config).items() if not k.startswith("_")}}
+
 
 @AUTOENCODERS.register("autoencoder_kl", aliases=("sdxl_vae",))
 def autoencoder_kl(
-    path: str | None = None, config: dict | None = None, trainable: bool = False, sample_posterior: bool = False
+    path: str | None = None, config: dict | None = None, trainable: bool = False, sample_posterior: bool = False,
+    kl_weight: float = 1e-4,
 ) -> KLAutoencoder:
     """diffusers AutoencoderKL (default: the SDXL VAE architecture, scaling factor 0.13025), frozen by default."""
-    return KLAutoencoder(path=path, config=config, trainable=trainable, sample_posterior=sample_posterior)
+    return KLAutoencoder(path=path, config=config, trainable=trainable, sample_posterior=sample_posterior,
+                         kl_weight=kl_weight)

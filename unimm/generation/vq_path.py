@@ -15,7 +15,7 @@ code width), ``aligner`` (code width -> LLM width), ``head`` (LLM width -> codeb
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,65 +24,80 @@ from torch import nn
 from .. import aligners as _aligners  # noqa: F401  (registers the aligners a config may name)
 from ..heads import image_head as _image_head  # noqa: F401  (registers vq_image_head)
 from ..backbones.causal_lm import positions_from_mask
-from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, InputError
-from .base import GenerationLoss, GenerationPath, check_left_padded
+from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, ConfigError, InputError
+from ..aligners.base import Aligner
+from ..heads.base import ImageHead
+from .autoencoder import DiscreteAutoencoder
+from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
 from .sampling import sample_next
-from .vq_tokenizer import VQTokenizer, convert_janus_vq
-
-
-class VQSample(NamedTuple):
-    """What ``VQGenerationPath.sample(..., return_logits=True)`` returns.
-
-    Attributes:
-        images: (B, 3, H, W) in [-1, 1].
-        codes: (B, N) the chosen VQ codes, row-major.
-        logits: (B, N, K) the guided logits of every step, before temperature.
-    """
-
-    images: torch.Tensor
-    codes: torch.Tensor
-    logits: torch.Tensor
+from .vq_tokenizer import convert_janus_vq
 
 
 class VQGenerationPath(GenerationPath):
     """Autoregressive VQ-token generation path (Janus, Janus-Pro).
 
     Args:
-        autoencoder: ``AUTOENCODERS`` config of the VQ tokenizer (``{"type": "llamagen_vq", "variant": "vq_16"}``).
-        aligner: ``ALIGNERS`` config mapping a code embedding to the LLM width; ``in_dim`` / ``out_dim`` inferred.
-        head: ``HEADS`` config of the image-token head; ``hidden_size`` / ``codebook_size`` inferred.
+        autoencoder: the VQ tokenizer, a built :class:`~unimm.generation.autoencoder.DiscreteAutoencoder`
+            (from a config: ``AUTOENCODERS`` slot ``{"type": "llamagen_vq", "variant": "vq_16"}``).
+        aligner: a built aligner from the code width to the LLM width (config: ``ALIGNERS`` slot, widths inferred).
+        head: a built image head from the LLM width to the codebook (config: ``HEADS`` slot, sizes inferred).
         hidden_size: LLM width (the unified model infers it from the backbone).
         image_size: generated image side in pixels (384 for Janus); ``num_image_tokens`` = (image_size / 16)^2.
 
     The tokenizer is frozen (``requires_grad`` off) and only ever run without gradients; ``embed``, ``aligner``
-    and ``head`` are trainable.
+    and ``head`` are trainable. From a config, :meth:`from_config` builds the three children first.
     """
+
+    child_slots: ClassVar[dict] = {"autoencoder": AUTOENCODERS, "aligner": ALIGNERS, "head": HEADS}
+    sample_options: ClassVar[dict[str, SampleOption]] = {
+        "guidance": SampleOption(float, 5.0, min=0.0, help="classifier-free guidance weight w (1 = unguided)"),
+        "temperature": SampleOption(float, 1.0, min=0.0, help="softmax temperature (0 = argmax)"),
+        "top_k": SampleOption(int, None, min=1, optional=True, help="sample among the k most likely codes"),
+        "top_p": SampleOption(float, None, min=0.0, max=1.0, min_exclusive=True, optional=True,
+                              help="sample within the top-p probability mass"),
+    }
 
     def __init__(
         self,
-        autoencoder: dict,
-        aligner: dict,
-        head: dict,
+        autoencoder: DiscreteAutoencoder,
+        aligner: Aligner,
+        head: ImageHead,
         hidden_size: int,
         image_size: int = 384,
+        *,
+        where: str = "model.generator",
     ):
         super().__init__()
-        self.autoencoder: VQTokenizer = AUTOENCODERS.build(
-            autoencoder, where="model.generator.autoencoder", inferred={"image_size": image_size}
-        )
+        _require_discrete(autoencoder, where)
+        for name, got, want in (("aligner", aligner.in_dim, autoencoder.embed_dim),
+                                ("head", head.codebook_size, autoencoder.codebook_size)):
+            if got != want:
+                raise ConfigError(f"{where}.{name}: {got} does not match the tokenizer's {want}")
+        self.autoencoder = autoencoder
         self.autoencoder.requires_grad_(False)
-        codebook_size, code_dim = self.autoencoder.codebook_size, self.autoencoder.embed_dim
-        self.embed = nn.Embedding(codebook_size, code_dim)
-        self.aligner = ALIGNERS.build(
-            aligner, where="model.generator.aligner", inferred={"in_dim": code_dim, "out_dim": hidden_size}
-        )
-        self.head = HEADS.build(
-            head, where="model.generator.head", inferred={"hidden_size": hidden_size, "codebook_size": codebook_size}
-        )
+        self.embed = nn.Embedding(autoencoder.codebook_size, autoencoder.embed_dim)
+        self.aligner = aligner
+        self.head = head
         self.hidden_size = hidden_size
         self.image_size = image_size
-        self.grid_size = self.autoencoder.grid_size(image_size)
+        try:
+            self.grid_size = autoencoder.latent_grid(image_size)
+        except InputError as err:
+            raise ConfigError(f"{where}.image_size: {err}") from None
         self.num_image_tokens = self.grid_size**2
+
+    @classmethod
+    def from_config(cls, kwargs: dict[str, Any], *, where: str) -> VQGenerationPath:
+        """Build the tokenizer, then the aligner and head whose sizes follow from it, then the path."""
+        image_size, hidden_size = kwargs.get("image_size", 384), kwargs["hidden_size"]
+        autoencoder = AUTOENCODERS.build(kwargs["autoencoder"], where=f"{where}.autoencoder",
+                                         inferred={"image_size": image_size})
+        _require_discrete(autoencoder, where)
+        aligner = ALIGNERS.build(kwargs["aligner"], where=f"{where}.aligner",
+                                 inferred={"in_dim": autoencoder.embed_dim, "out_dim": hidden_size})
+        head = HEADS.build(kwargs["head"], where=f"{where}.head",
+                           inferred={"hidden_size": hidden_size, "codebook_size": autoencoder.codebook_size})
+        return cls(autoencoder, aligner, head, hidden_size, image_size, where=where)
 
     @property
     def codebook_size(self) -> int:
@@ -101,8 +116,7 @@ class VQGenerationPath(GenerationPath):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> codes (B, h*w) with the frozen tokenizer (no gradient)."""
-        with torch.no_grad():
-            return self.autoencoder.encode(images)[1]
+        return self.autoencoder.tokenize(images)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Codes (B, N), N a square number -> images (B, 3, H, W) in [-1, 1] (not clamped)."""
@@ -120,15 +134,6 @@ class VQGenerationPath(GenerationPath):
         inside = (index > first) & (index < prompt_ids.shape[1] - 1)
         return prompt_ids.masked_fill(inside, pad_id)
 
-    @staticmethod
-    def _check_prompt(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
-        if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
-            raise InputError(
-                f"prompt_ids and prompt_mask must both be (B, L); got {tuple(prompt_ids.shape)} and "
-                f"{tuple(prompt_mask.shape)}"
-            )
-        check_left_padded(prompt_mask, "<begin_of_image>")
-
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
@@ -144,8 +149,8 @@ class VQGenerationPath(GenerationPath):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        return_logits: bool = False,
-    ) -> torch.Tensor | VQSample:
+        keep_steps: bool = False,
+    ) -> GenerationOutput:
         """Generate one image per prompt row with classifier-free guidance and a KV cache.
 
         Args:
@@ -157,12 +162,12 @@ class VQGenerationPath(GenerationPath):
             temperature, top_k, top_p: see :func:`unimm.generation.sampling.sample_next`; 0 = argmax.
             generator: random source for sampling.
             progress: show a progress bar over the image tokens.
-            return_logits: also return the codes and every step's guided logits (a :class:`VQSample`).
+            keep_steps: also keep every step's guided logits, as ``steps["logits"]`` (B, N, codebook_size).
 
         Returns:
-            images (B, 3, H, W) in [-1, 1], or a :class:`VQSample` when ``return_logits``.
+            images (B, 3, H, W) in [-1, 1] and ``latents`` the codes (B, N).
         """
-        self._check_prompt(prompt_ids, prompt_mask)
+        self.check_prompt(prompt_ids, prompt_mask)
         batch, length = prompt_ids.shape
         steps = self.num_image_tokens
         mask = prompt_mask.long()
@@ -176,7 +181,7 @@ class VQGenerationPath(GenerationPath):
 
         inputs = backbone.embed(ids)
         codes = torch.empty(batch, steps, dtype=torch.long, device=prompt_ids.device)
-        all_logits = [] if return_logits else None
+        all_logits = [] if keep_steps else None
         cache = None
         iterator = range(steps)
         if progress:
@@ -203,9 +208,8 @@ class VQGenerationPath(GenerationPath):
                 inputs = self.embed_codes(token).to(inputs.dtype).repeat_interleave(2, dim=0).unsqueeze(1)
                 positions = next_position + step
         images = self.autoencoder.decode_codes(codes, (self.grid_size, self.grid_size))
-        if return_logits:
-            return VQSample(images, codes, torch.stack(all_logits, dim=1))
-        return images
+        steps_kept = {"logits": torch.stack(all_logits, dim=1)} if keep_steps else {}
+        return GenerationOutput(images, codes, steps_kept)
 
     # -- training ------------------------------------------------------------------------------------------------
     def loss(
@@ -227,16 +231,11 @@ class VQGenerationPath(GenerationPath):
         Returns:
             ``GenerationLoss(loss, {"ce": ...})``.
         """
-        if prompt_embeds.ndim != 3 or prompt_mask.shape != prompt_embeds.shape[:2]:
-            raise InputError(
-                f"prompt_embeds must be (B, L, D) and prompt_mask (B, L); got {tuple(prompt_embeds.shape)} and "
-                f"{tuple(prompt_mask.shape)}"
-            )
+        self.check_prompt(prompt_embeds, prompt_mask)
         if images.shape[0] != prompt_embeds.shape[0]:
             raise InputError(
                 f"{images.shape[0]} images for {prompt_embeds.shape[0]} prompts; give one image per prompt"
             )
-        check_left_padded(prompt_mask, "<begin_of_image>")
         codes = self.encode_images(images)
         length = prompt_embeds.shape[1]
         image_inputs = self.embed_codes(codes[:, :-1]).to(prompt_embeds.dtype)
@@ -246,6 +245,14 @@ class VQGenerationPath(GenerationPath):
         logits = self.head(hidden[:, length - 1 :])
         ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
         return GenerationLoss(ce, {"ce": ce.detach()})
+
+
+def _require_discrete(autoencoder: Any, where: str) -> None:
+    if not isinstance(autoencoder, DiscreteAutoencoder):
+        raise ConfigError(
+            f"{where}.autoencoder: the VQ path needs a discrete autoencoder (a codebook), got "
+            f"{type(autoencoder).__name__}; use llamagen_vq"
+        )
 
 
 # -- converter ---------------------------------------------------------------------------------------------------

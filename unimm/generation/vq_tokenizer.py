@@ -30,6 +30,7 @@ from torch import nn
 
 from ..registry import AUTOENCODERS, CheckpointError, ConfigError, InputError
 from ..registry.variants import resolve_sizes
+from .autoencoder import DiscreteAutoencoder, check_images
 
 
 @dataclass
@@ -93,7 +94,7 @@ class VectorQuantizerL2(nn.Module):
 
 
 # -- module ------------------------------------------------------------------------------------------------------
-class VQTokenizer(nn.Module):
+class VQTokenizer(DiscreteAutoencoder):
     """LlamaGen VQ image tokenizer: taming encoder -> 1x1 conv -> l2 codebook -> 1x1 conv -> taming decoder.
 
     Args:
@@ -164,37 +165,22 @@ class VQTokenizer(nn.Module):
         """Pixels per latent cell along each side (16 for VQ-16)."""
         return 2 ** (self.encoder.num_resolutions - 1)
 
-    def grid_size(self, image_size: int | None = None) -> int:
-        """Latent cells per side for a square image of ``image_size`` pixels (default: the nominal size)."""
-        image_size = self.image_size if image_size is None else image_size
-        if image_size % self.downsample:
-            raise InputError(
-                f"image size {image_size} is not a multiple of the VQ downsampling factor {self.downsample}; "
-                f"resize images to a multiple of {self.downsample}"
-            )
-        return image_size // self.downsample
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the quantised latents: the code width."""
+        return self.embed_dim
 
     @property
     def num_tokens(self) -> int:
         """Codes per image at the nominal ``image_size``."""
-        return self.grid_size() ** 2
+        return self.latent_grid(self.image_size) ** 2
 
     # -- compute -------------------------------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        for side in images.shape[-2:]:
-            if side % self.downsample:
-                raise InputError(
-                    f"image sides must be multiples of {self.downsample} (the VQ downsampling factor), "
-                    f"got {tuple(images.shape[-2:])}; resize or crop the images"
-                )
-
     def _quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, VQLoss]:
-        self._check_images(images)
+        check_images(images, self.downsample, "the VQ tokenizer")
         return self.quantize(self.quant_conv(self.encoder(images)))
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantize_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, H, W) in [-1, 1] -> (quantised latents (B, C, h, w), codes (B, h*w) row-major)."""
         quant, codes, _ = self._quantize(images)
         return quant, codes
@@ -225,6 +211,18 @@ class VQTokenizer(nn.Module):
         """Reconstruct images (B, 3, H, W) through the codebook; returns (reconstruction, VQLoss)."""
         quant, _, loss = self._quantize(images)
         return self.decode(quant), loss
+
+    def reconstruction_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L1 + L2 reconstruction plus the codebook and commitment terms (VQ-VAE). LlamaGen adds a perceptual and
+        a GAN loss for natural images; flat synthetic shapes do not need them."""
+        recon, vq = self(images)
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        return rec + vq.loss, {"reconstruction": rec.detach(), "codebook": vq.codebook.detach(),
+                               "commitment": vq.commitment.detach()}
+
+    def folded_config(self) -> dict | None:
+        """The sizes in :attr:`architecture` when loaded from a folder (``path``), else None."""
+        return dict(self.architecture) if self.source_path is not None else None
 
     # -- files ---------------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -388,4 +386,5 @@ def _load_vq_folder(path: str, given: dict, image_size: int | None, beta: float)
         saved["image_size"] = image_size
     model = VQTokenizer(**saved)
     load_into(model, load_weights(path), source=str(path))
+    model.source_path = str(path)
     return model

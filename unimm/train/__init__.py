@@ -5,12 +5,12 @@ on several processes (DDP, or FSDP / DeepSpeed as ``accelerate config`` sets up)
 """
 
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from .freeze import ALWAYS_FROZEN, apply_stage, frozen_parts_to_eval, part_paths
+from .freeze import always_frozen, apply_stage, frozen_parts_to_eval, part_paths
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from .trainer import TRAIN_DEFAULTS, TaskLossModule, Trainer, train_main, train_settings
 
 __all__ = [
-    "ALWAYS_FROZEN",
+    "always_frozen",
     "TRAIN_DEFAULTS",
     "TaskLossModule",
     "Trainer",

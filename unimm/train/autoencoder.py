@@ -3,10 +3,10 @@
 Janus and JanusFlow take their autoencoders ready-made (LlamaGen VQ-16, the SDXL VAE). At laptop scale there is no
 such model for the data at hand, so this trains one: the slot's architecture, random weights, pixels in [-1, 1].
 
-* ``llamagen_vq``: L1 + L2 reconstruction plus the quantiser's codebook and commitment terms (VQ-VAE). LlamaGen
-  adds a perceptual and a GAN loss for natural images; flat synthetic shapes do not need them.
-* ``autoencoder_kl``: L1 + L2 reconstruction plus ``kl_weight`` x the KL divergence of the posterior from N(0, I).
-  The scaling factor is then set so the latents of the training images have unit variance (as SD/SDXL did).
+Any part that meets the autoencoder contract (:mod:`unimm.generation.autoencoder`) trains here: each step
+minimises its own ``reconstruction_loss`` (the VQ tokenizer: L1 + L2 plus codebook and commitment terms; the VAE:
+L1 + L2 plus ``kl_weight`` x the KL), then ``calibrate`` sets its data-dependent constants (the VAE's latent scale)
+and ``save`` writes its folder.
 
 The result is a folder the slot can point at with ``path:`` - ``config.json`` + ``model.safetensors`` for the VQ
 tokenizer, a diffusers folder for the VAE - and ``train_log.jsonl`` with the losses.
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..registry import AUTOENCODERS, ConfigError, to_plain
 from .optim import shuffled_batches, warmup_cosine
@@ -42,35 +41,13 @@ def load_image_tensor(paths: Sequence[str | Path], image_size: int) -> torch.Ten
     return torch.stack([transform(load_image(p)) for p in paths])
 
 
-def _reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(recon, images) + F.mse_loss(recon, images)
-
-
-def _vq_step(model, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    recon, vq = model(images)
-    rec = _reconstruction_loss(recon, images)
-    return rec + vq.loss, {"reconstruction": rec.item(), "codebook": vq.codebook.item(),
-                           "commitment": vq.commitment.item()}
-
-
-def _kl_step(model, images: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    posterior = model.posterior(images)
-    recon = model.vae.decode(posterior.sample()).sample
-    rec = _reconstruction_loss(recon, images)
-    kl = posterior.kl().mean() / images[0].numel()
-    return rec + kl_weight * kl, {"reconstruction": rec.item(), "kl": kl.item()}
-
-
 @torch.no_grad()
 def reconstruct(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Images (N, 3, H, W) in [-1, 1] -> reconstructions through the (trained) autoencoder, clamped to [-1, 1]."""
     model.eval()
     out = []
     for chunk in images.split(batch_size):
-        if hasattr(model, "posterior"):
-            out.append(model.decode(model.encode(chunk)))
-        else:
-            out.append(model(chunk)[0])
+        out.append(model.decode(model.encode(chunk)))
     return torch.cat(out).clamp(-1, 1)
 
 
@@ -102,17 +79,14 @@ def train_autoencoder(
     """
     slot = dict(to_plain(slot))
     kind = slot.get("type")
-    if kind not in ("llamagen_vq", "autoencoder_kl"):
-        raise ConfigError(f"autoencoder type {kind!r}: the trainer knows 'llamagen_vq' and 'autoencoder_kl'")
     if slot.get("path"):
         raise ConfigError("the autoencoder slot to train already has a 'path'; remove it to train from scratch")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"images must be (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
     torch.manual_seed(seed)
-    if kind == "autoencoder_kl":
-        slot["trainable"] = True
-    model = AUTOENCODERS.build(slot, where="autoencoder", inferred={"image_size": images.shape[-1]}
-                               if kind == "llamagen_vq" else {})
+    # Inferred values a part does not take are ignored: the VQ tokenizer has no kl_weight, the VAE no image_size.
+    model = AUTOENCODERS.build(slot, where="autoencoder", inferred={"image_size": images.shape[-1], "trainable": True,
+                                                                    "kl_weight": kl_weight})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     scheduler = warmup_cosine(optimizer, steps)
@@ -122,29 +96,19 @@ def train_autoencoder(
     start = time.perf_counter()
     for step, index in enumerate(shuffled_batches(len(images), batch_size, steps, seed), start=1):
         batch = images[index]
-        loss, parts = _vq_step(model, batch) if kind == "llamagen_vq" else _kl_step(model, batch, kl_weight)
+        loss, parts = model.reconstruction_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         if step % log_every == 0 or step == steps:
-            record = {"step": step, "loss": loss.item(), **parts, "seconds": round(time.perf_counter() - start, 2)}
+            record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "seconds": round(time.perf_counter() - start, 2)}
             log.write(json.dumps(record) + "\n")
             log.flush()
     log.close()
     model.eval()
-    if kind == "autoencoder_kl":
-        _set_scaling_factor(model, images)
-        model.vae.save_pretrained(str(out))
-    else:
-        model.save(out)
+    model.calibrate(images)
+    model.save(out)
     logger.info("trained %s for %d steps in %.0f s -> %s", kind, steps, time.perf_counter() - start, out)
     return out
-
-
-@torch.no_grad()
-def _set_scaling_factor(model, images: torch.Tensor) -> None:
-    """Scale the VAE's latents to unit standard deviation over (up to 1024 of) the training images."""
-    latents = model.posterior(images[:1024]).mean
-    model.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))

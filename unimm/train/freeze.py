@@ -11,8 +11,9 @@ II  (unified pre-training)     ``[und_aligner, backbone, generator]``
 III (supervised fine-tuning)   ``[und_encoder, und_aligner, backbone, generator]``
 =============================  ====================================================================
 
-The generation autoencoder (VQ tokenizer, VAE) stays frozen even under ``generator`` unless a stage names
-``generator.autoencoder`` (or a part of it) itself; ``frozen: [...]`` freezes more paths inside trained ones.
+Submodules that a part's contract declares ``frozen_children`` (the generation path's autoencoder, the shared-VQ
+encoder's tokenizer) stay frozen even under their parent unless a stage names them (or a part of them) itself;
+``frozen: [...]`` freezes more paths inside trained ones.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from typing import Any
 
 from torch import nn
 
+from ..encoders.base import UnderstandingEncoder
+from ..generation.base import GenerationPath
 from ..registry import ConfigError
 
-ALWAYS_FROZEN = ("generator.autoencoder",)
+
+def always_frozen(model: nn.Module) -> list[str]:
+    """Module paths that parts declare frozen unless named (``frozen_children`` of encoders and generation paths)."""
+    return [f"{name}.{child}" if name else child
+            for name, module in model.named_modules(remove_duplicate=False)
+            if isinstance(module, (UnderstandingEncoder, GenerationPath))
+            for child in module.frozen_children]
 
 
 def _under(name: str, path: str) -> bool:
@@ -43,7 +52,8 @@ def resolve(model: nn.Module, path: str, *, where: str = "trainable") -> str:
     """Check that ``path`` names a submodule or parameter of ``model``; raise a ConfigError naming the choices."""
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}: part paths are strings like 'generator.head', got {path!r}")
-    names = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+    names = ({n for n, _ in model.named_modules(remove_duplicate=False)}
+             | {n for n, _ in model.named_parameters(remove_duplicate=False)})
     if path in names:
         return path
     choices = part_paths(model)
@@ -77,7 +87,7 @@ def apply_stage(model: nn.Module, stage_cfg: Mapping[str, Any]) -> list[str]:
     trainable = [resolve(model, p, where=f"train.stages[{name}].trainable") for p in _paths(stage_cfg, "trainable")]
     frozen = [resolve(model, p, where=f"train.stages[{name}].frozen") for p in _paths(stage_cfg, "frozen")]
     # Autoencoders stay frozen unless a stage names them (or something inside them) explicitly.
-    for path in ALWAYS_FROZEN:
+    for path in always_frozen(model):
         if not any(_under(t, path) for t in trainable):
             frozen.append(path)
     names = []
@@ -123,5 +133,5 @@ def count_parameters(model: nn.Module, names: Iterable[str] | None = None) -> in
     return sum(p.numel() for n, p in model.named_parameters() if n in wanted)
 
 
-__all__: Sequence[str] = ["ALWAYS_FROZEN", "apply_stage", "count_parameters", "frozen_parts_to_eval", "part_paths",
+__all__: Sequence[str] = ["always_frozen", "apply_stage", "count_parameters", "frozen_parts_to_eval", "part_paths",
                           "resolve"]
