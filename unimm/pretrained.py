@@ -120,11 +120,28 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
             slot.config = {k: v for k, v in dict(part.vae.config).items() if not k.startswith("_")}
         else:
             slot.update(part.architecture)
+    # Parts that fold themselves (the backbone from `pretrained: FOLDER`); the per-part method replacing the table.
+    folded_backbone = model.backbone.folded_config()
+    if folded_backbone is not None:
+        cfg.model.backbone = folded_backbone
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = _unshared(model.state_dict())
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / "model.safetensors")
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return folder
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors for safetensors, which refuses tensors that share memory: a tied copy (GPT-2's LM head is its
+    input embedding) is written as its own copy, so the strict loader finds every key and the tie is kept."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous().cpu()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    return out
