@@ -103,7 +103,8 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
 
     A part loaded from a folder of its own (``path``: a diffusers VAE, a trained VQ tokenizer, a pre-trained
     encoder) is saved with the rest, so the folder no longer depends on that one; its architecture is written into
-    the config instead of the path.
+    the config instead of the path. The same holds for a backbone loaded from a transformers folder
+    (``pretrained:``): its ``folded_config()`` replaces the backbone slot.
     """
     from safetensors.torch import save_file
 

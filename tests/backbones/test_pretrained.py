@@ -1,9 +1,9 @@
 """A pretrained transformers folder as the backbone, and plain causal LMs wrapped for the generation paths.
 
 Each test folder is a tiny causal LM made here with transformers' own classes and ``save_pretrained``, with a
-tokenizer beside it: Qwen2 with the bundled ``tiny`` tokenizer (it has the image tags already), Llama with the same
-tokenizer whose pad token is its end-of-sentence token, and GPT-2 with a plain byte-level BPE that has neither the
-image tags nor a pad token (so the processor adds them and the embeddings grow). The tests prove: unimm's text
+tokenizer beside it: Qwen2 and GPT-2 with their own tokenizer classes on a small byte-level BPE that lacks the image
+tags (GPT-2 has no pad token either), so the processor adds them and the embeddings grow; Llama with the bundled
+``tiny`` tokenizer, which has the tags, padding with its end-of-sentence token. The tests prove: unimm's text
 logits equal the folder's own model's; fields beside ``pretrained`` must agree with the folder; a missing folder,
 config or weights fails naming the folder; the meta device reads no weights; ``save_pretrained`` writes a folder
 that loads without the original; and both generation paths sample and train on a plain ``AutoModelForCausalLM``
@@ -12,6 +12,7 @@ through ``CausalLMBackbone.from_model``.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,20 +30,26 @@ from unimm.registry import GENERATORS, CheckpointError, ConfigError, InputError
 TEXTS = ["a photo of a cat on a mat", "hello"]  # different lengths: the batch is left padded
 
 
-def plain_tokenizer(folder: Path):
-    """A byte-level BPE with only ``<|endoftext|>`` (bos = eos, no pad, no image tags), as GPT-2's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def family_tokenizer(folder: Path, family: str):
+    """The family's own tokenizer class (``GPT2Tokenizer`` / ``Qwen2Tokenizer``) on a small byte-level BPE.
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    Its only special token is ``<|endoftext|>``: no image tags; GPT-2 has no pad token, Qwen2 pads with it.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Tokenizer, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(TEXTS + ["what is in the image?", "a red square"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    fast.save_pretrained(folder)
-    return fast
+    bpe.train_from_iterator(TEXTS + ["what is in the image?", "a red square"], trainer)
+    files = folder / "bpe"
+    files.mkdir()
+    bpe.model.save(str(files))  # vocab.json and merges.txt, the files the family's tokenizer class reads
+    tokenizer_class = GPT2Tokenizer if family == "gpt2" else Qwen2Tokenizer
+    tokenizer = tokenizer_class(str(files / "vocab.json"), str(files / "merges.txt"))
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def make_folder(folder: Path, family: str) -> Path:
@@ -51,14 +58,16 @@ def make_folder(folder: Path, family: str) -> Path:
 
     folder.mkdir(parents=True)
     if family == "gpt2":
-        tokenizer = plain_tokenizer(folder)
+        tokenizer = family_tokenizer(folder, family)
         config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=len(tokenizer),
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
     else:
-        tokenizer = load_tokenizer(BUNDLED_TOKENIZERS / "tiny")
-        if family == "llama":
+        if family == "qwen2":
+            tokenizer = family_tokenizer(folder, family)
+        else:  # the bundled tokenizer, which has the image tags already, padding with its end-of-sentence token
+            tokenizer = load_tokenizer(BUNDLED_TOKENIZERS / "tiny")
             tokenizer.pad_token = tokenizer.eos_token  # as many Llama-family releases do
-        tokenizer.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
         config_class = LlamaConfig if family == "llama" else Qwen2Config
         config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, max_position_embeddings=64, vocab_size=len(tokenizer),
@@ -108,10 +117,9 @@ def test_text_logits_equal_the_folders_model(family, folders):
     if family == "gpt2":  # no image tags, no pad token: three image tags and a pad added, the tied table grown
         assert processor.vocab_size == folder_vocab + 4 and processor.pad_id >= folder_vocab
         assert model.backbone.lm.get_output_embeddings().weight is model.backbone.lm.get_input_embeddings().weight
-    else:
-        assert processor.vocab_size == folder_vocab
-    if family == "llama":  # the tokenizer's own pad token is the processor's
-        assert processor.pad_id == processor.tokenizer.eos_token_id
+    else:  # the family's own pad token is the processor's; Qwen2 lacks the three image tags, the tiny one has them
+        assert processor.pad_id == processor.tokenizer.pad_token_id < folder_vocab
+        assert processor.vocab_size == folder_vocab + (3 if family == "qwen2" else 0)
 
     batch = processor.text_batch(TEXTS)
     assert not bool(batch["attention_mask"].all())
@@ -209,7 +217,8 @@ def test_meta_device_build_reads_no_weights(folders, tmp_path):
         model = unimm.build_model(cfg)
     backbone = model.backbone
     assert all(p.device.type == "meta" for p in backbone.parameters())
-    assert (backbone.hidden_size, backbone.num_layers, backbone.vocab_size) == (32, 2, 427)
+    folder_config = json.loads((broken / "config.json").read_text())
+    assert (backbone.hidden_size, backbone.num_layers, backbone.vocab_size) == (32, 2, folder_config["vocab_size"])
     with pytest.raises(CheckpointError, match=rf"model\.backbone\.pretrained: cannot load the weights in {broken}"):
         unimm.build_model(cfg)
 
@@ -219,7 +228,7 @@ def test_meta_device_build_reads_no_weights(folders, tmp_path):
 
 
 # -- saving -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gpt2"])
 def test_saved_model_loads_without_the_original_folder(family, folders, tmp_path):
     original = tmp_path / "lm"
     shutil.copytree(folders[family], original)
