@@ -186,6 +186,18 @@ def test_missing_folder_config_or_weights_fail_naming_the_folder(folders, tmp_pa
         unimm.build_model(without_both)
 
 
+def test_a_model_that_is_not_a_causal_lm_fails_in_one_line(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=16, patch_size=8)).save_pretrained(tmp_path / "vit")  # fmt: skip
+    for backbone in ({"type": "hf_causal_lm", "pretrained": str(tmp_path / "vit")},
+                     {"type": "hf_causal_lm", "model_type": "vit"}):  # fmt: skip
+        with torch.device("meta"), pytest.raises(ConfigError, match=r"model\.backbone: .*'vit' model, for which "
+                                                                     r"transformers has no causal LM"):  # fmt: skip
+            unimm.build_model(config_with(backbone))
+
+
 def test_a_folder_without_tokenizer_needs_processor_tokenizer(folders, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -108,6 +108,15 @@ def _hf_config(model_type: str, fields: dict[str, Any], where: str):
     return AutoConfig.for_model(model_type, **fields)
 
 
+def _check_causal_lm(hf_config, where: str, source: str) -> None:
+    """Fail in one line when transformers has no causal LM for this config (a vision model, an encoder-only one)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(hf_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"{where}: {source} is a {hf_config.model_type!r} model, for which transformers has no "
+                          "causal LM (AutoModelForCausalLM); choose a decoder family such as llama, qwen2 or gpt2")
+
+
 def _plain(value: Any) -> Any:
     """Tuples as lists, so a YAML list compares equal to the same values read from a config.json."""
     if isinstance(value, (list, tuple)):
@@ -138,6 +147,7 @@ def _pretrained_config(folder: Path, model_type: str | None, fields: dict[str, A
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{where}.pretrained: cannot read {folder}/config.json ({reason})") from err
+    _check_causal_lm(hf_config, where, f"{folder}")
     folder_type = hf_config.model_type
     if model_type is not None and model_type != folder_type:
         raise ConfigError(f"{where}: {folder} holds a {folder_type!r} model but the slot asks for {model_type!r}; "
@@ -214,6 +224,7 @@ class CausalLMBackbone(nn.Module):
                 raise ConfigError(f"{where}.model_type: required without 'pretrained'; name a transformers family "
                                   "(llama, qwen2, gpt2, ...) or give pretrained: FOLDER")  # fmt: skip
             hf_config = _hf_config(model_type, config, where=where)
+            _check_causal_lm(hf_config, where, f"model_type {model_type!r}")
             hf_config._attn_implementation = attn_implementation
             lm = AutoModelForCausalLM.from_config(hf_config)
         self._attach(lm, folder=Path(pretrained) if pretrained is not None else None)
