@@ -2,7 +2,8 @@
 
 Each case starts from ``configs/janus_tiny.yaml`` and swaps slots with the same command-line overrides a user would
 type (``model.und_encoder=@parts/und_encoder/sam_siglip_tiny`` ...); the fourth backbone is a pretrained transformers
-folder (``model.backbone.pretrained=FOLDER``, its own tokenizer). For each of the 3 x 2 x 4 combinations it proves that the override really replaced the slot (the built parts have the requested types), that an understanding
+folder (``model.backbone.pretrained=FOLDER``, its own tokenizer). For each of the 3 x 2 x 4 combinations it
+proves that the override really replaced the slot (the built parts have the requested types), that an understanding
 batch from the processor gives a finite loss whose gradient reaches the understanding aligner (so the image features
 are really written into the sequence), that a generation training step gives a finite loss whose gradient reaches
 the generation path's aligner and the backbone, and that sampling returns finite images of the path's size.
