@@ -91,14 +91,16 @@ def _check_pairing(encoder, aligner) -> None:
 def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | Path | None = None) -> Processor:
     """The processor for ``model``: the config's template settings, the encoder's transform and token count.
 
+    With no ``processor.tokenizer``, a backbone loaded from a pretrained folder brings that folder's tokenizer.
     If the tokenizer has more ids than the backbone's embedding table (image tags added), the table is grown.
     """
     settings: dict[str, Any] = dict(to_plain(cfg.get("processor") or {}))
     path = tokenizer_path or settings.pop("tokenizer", None)
     settings.pop("tokenizer", None)
     if path is None:
-        raise ConfigError("processor.tokenizer: no tokenizer folder given; set it in the config or load a checkpoint")
-    tokenizer = load_tokenizer(path)
+        tokenizer = _backbone_tokenizer(model, settings)
+    else:
+        tokenizer = load_tokenizer(path)
     encoder = model.und_encoder
     settings.setdefault("max_length", model.backbone.max_positions)
     processor = Processor(
@@ -111,6 +113,23 @@ def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | 
     if processor.vocab_size > model.backbone.vocab_size:
         model.backbone.resize_vocab(processor.vocab_size)
     return processor
+
+
+def _backbone_tokenizer(model: UnifiedModel, settings: dict[str, Any]):
+    """The tokenizer of the backbone's pretrained folder; its pad token becomes ``pad_tag`` unless one is set.
+
+    A family without a pad token (GPT-2) keeps the processor's default pad tag, which the processor adds.
+    """
+    folder = model.backbone.tokenizer_folder()
+    if folder is None:
+        raise ConfigError("processor.tokenizer: no tokenizer folder given; set it in the config or load a checkpoint")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ConfigError(f"processor.tokenizer: not given, and the backbone's folder {folder} has no tokenizer "
+                          "files (tokenizer.json / tokenizer_config.json); set processor.tokenizer")  # fmt: skip
+    tokenizer = load_tokenizer(folder)
+    if "pad_tag" not in settings and tokenizer.pad_token is not None:
+        settings["pad_tag"] = tokenizer.pad_token
+    return tokenizer
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -131,7 +131,8 @@ def _resolve_paths(cfg: DictConfig, base: Path) -> None:
         if isinstance(node, DictConfig):
             for key in list(node.keys()):
                 value = node[key] if not OmegaConf.is_missing(node, key) else None
-                if isinstance(value, str) and (key in ("tokenizer", "jsonl", "shards") or key.endswith("path")):
+                is_path = key in ("tokenizer", "jsonl", "shards", "pretrained") or key.endswith("path")
+                if isinstance(value, str) and is_path:
                     candidate = base / value
                     if not Path(value).is_absolute() and candidate.exists():
                         node[key] = str(candidate.resolve())

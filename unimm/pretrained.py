@@ -107,7 +107,9 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
 
     A part loaded from a folder of its own (``path``: a diffusers VAE, a trained VQ tokenizer, a pre-trained
     encoder) is saved with the rest, so the folder no longer depends on that one; its architecture is written into
-    the config instead of the path.
+    the config instead of the path. The same holds for a backbone loaded from a transformers folder
+    (``pretrained:``). Each such part says what to write through its contract's ``folded_config()``. A module
+    shared by two parts (tied weights) is written once, under its first name.
     """
     from safetensors.torch import save_file
 
@@ -117,8 +119,9 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     for _, part, folded in folded_parts(model):
         slot = OmegaConf.select(cfg, part.config_path)
         if slot is not None:
-            if "path" in slot:
-                slot.path = None
+            for key in ("path", "pretrained"):  # the folder the part came from is no longer needed
+                if key in slot:
+                    slot[key] = None
             slot.update(folded)
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
@@ -129,3 +132,4 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     tmp.replace(folder / "model.safetensors")
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return folder
+

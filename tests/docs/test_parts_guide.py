@@ -40,8 +40,9 @@ COMMANDS = [
 
 
 def test_the_guide_has_its_examples():
-    # encoder + aligner (SigLIP, hybrid), VQ tokenizer, shared VQ encoder, rectified flow with another backbone
-    assert len(PYTHON_BLOCKS) >= 5
+    # encoder + aligner (SigLIP, hybrid), VQ tokenizer, shared VQ encoder, rectified flow with another backbone,
+    # the VQ path on a plain transformers causal LM
+    assert len(PYTHON_BLOCKS) >= 6
     assert len(COMMANDS) >= 3
 
 

@@ -1,7 +1,8 @@
 """Every understanding encoder x generation path x backbone family is one config away, and each combination works.
 
 Each case starts from ``configs/janus_tiny.yaml`` and swaps slots with the same command-line overrides a user would
-type (``model.und_encoder=@parts/und_encoder/sam_siglip_tiny`` ...). For each of the 3 x 2 x 3 combinations it
+type (``model.und_encoder=@parts/und_encoder/sam_siglip_tiny`` ...); the fourth backbone is a pretrained transformers
+folder (``model.backbone.pretrained=FOLDER``, its own tokenizer). For each of the 3 x 2 x 4 combinations it
 proves that the override really replaced the slot (the built parts have the requested types), that an understanding
 batch from the processor gives a finite loss whose gradient reaches the understanding aligner (so the image features
 are really written into the sequence), that a generation training step gives a finite loss whose gradient reaches
@@ -44,9 +45,29 @@ BACKBONES = {  # family -> the decoder class transformers builds for it
     "llama": (["model.backbone=@parts/backbone/llama_tiny"], "LlamaModel"),
     "qwen2": (["model.backbone=@parts/backbone/qwen2_tiny"], "Qwen2Model"),
     "gpt2": (["model.backbone=@parts/backbone/gpt2_tiny"], "GPT2Model"),
+    # a local transformers folder (made by the fixture below) with its own tokenizer, as a user's Qwen2 would be
+    "pretrained_qwen2": (["model.backbone.type=hf_causal_lm", "model.backbone.pretrained={pretrained_folder}",
+                          "processor.tokenizer=null"], "Qwen2Model"),
 }
 
 CASES = [pytest.param(e, g, b, id=f"{e}-{g}-{b}") for e, g, b in itertools.product(ENCODERS, GENERATORS, BACKBONES)]
+
+
+@pytest.fixture(scope="module")
+def pretrained_folder(tmp_path_factory) -> str:
+    """A tiny Qwen2 written by transformers' ``save_pretrained``, with the bundled tokenizer beside it."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from unimm.processor import BUNDLED_TOKENIZERS, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("pretrained_qwen2")
+    tokenizer = load_tokenizer(BUNDLED_TOKENIZERS / "tiny")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, vocab_size=len(tokenizer))).save_pretrained(folder)  # fmt: skip
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +88,11 @@ def generator_aligner(model: unimm.UnifiedModel) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("encoder, generator, backbone", CASES)
-def test_combination_builds_understands_trains_and_samples(encoder, generator, backbone, records):
+def test_combination_builds_understands_trains_and_samples(encoder, generator, backbone, records, request):
     overrides = ENCODERS[encoder][0] + GENERATORS[generator][0] + BACKBONES[backbone][0]
+    if backbone == "pretrained_qwen2":
+        folder = request.getfixturevalue("pretrained_folder")
+        overrides = [item.format(pretrained_folder=folder) for item in overrides]
     torch.manual_seed(0)
     cfg = unimm.load_config("janus_tiny", overrides)
     model = unimm.build_model(cfg)

@@ -19,6 +19,7 @@ member                             meaning
 ``resize_vocab(n)``                grow the embedding table and LM head to ``n`` rows (new image tags)
 ``set_grad_checkpointing(on)``     recompute layer activations in the backward pass
 ``folded_config()``                the slot arguments that rebuild it without its pretrained folder (or None)
+``tokenizer_folder()``             the tokenizer that comes with its weights, when the config names none (or None)
 =================================  ===================================================================================
 
 Positions follow the left-padding convention of the processor: :func:`positions_from_mask` gives 0 at each row's
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,6 +103,11 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def resize_vocab(self, vocab_size: int) -> None:
         """Grow (or shrink) the input embeddings and LM head to ``vocab_size`` rows."""
+
+    def tokenizer_folder(self) -> Path | None:
+        """The folder of the tokenizer that belongs with these weights (a pretrained transformers folder), used
+        when the config names no ``processor.tokenizer``; None when there is none."""
+        return None
 
     def folded_config(self) -> dict | None:
         """Slot arguments that rebuild this backbone without the folder it was loaded from (``path`` /

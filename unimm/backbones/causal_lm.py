@@ -1,32 +1,62 @@
-"""The language backbone: any transformers causal LM, built from its config, behind one small interface.
+"""The language backbone: any transformers causal LM, from config fields or a pretrained folder, behind one contract.
 
 Janus, Janus-Pro and JanusFlow use DeepSeek-LLM, a Llama architecture (1.3B: 24 layers, width 2048; 7B: 30 layers,
 width 4096). Nothing here is Llama-specific: ``model_type`` picks any causal-LM family that transformers knows,
 and the keys after it are that family's config fields, checked against its config class so a misspelled key
-fails instead of being silently stored.
+fails instead of being silently stored. Three ways to get a backbone:
 
-Shapes: ``embed(ids)`` (B, T) -> (B, T, D); ``forward(inputs_embeds)`` (B, T, D) -> ``BackboneOutput`` with the
-final-norm hidden states (B, T, D); ``logits(hidden)`` (..., D) -> (..., V).
+* config fields only (random weights): ``{type: hf_causal_lm, model_type: qwen2, hidden_size: 64, ...}``;
+* a local transformers folder (``config.json``, weights, tokenizer files): ``{type: hf_causal_lm, pretrained:
+  FOLDER}``, loaded with ``AutoModelForCausalLM.from_pretrained`` and nothing downloaded. Fields given beside
+  ``pretrained`` must agree with the folder's config, except those in ``RUNTIME_FIELDS`` (attention kernel,
+  gradient checkpointing, dropout), which may change. Under ``with torch.device("meta")`` only the folder's
+  ``config.json`` is read;
+* a model built outside unimm: ``CausalLMBackbone.from_model(AutoModelForCausalLM.from_config(...))``.
+
+The backbone contract: what the unified model and the generation paths use, and nothing else
+-------------------------------------------------------------------------------------------
+(B batch, T new positions, T_past cached positions, D ``hidden_size``, V ``vocab_size``)
+
+* ``embed(input_ids)``: token embeddings, (B, T) long -> (B, T, D).
+* ``forward(inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+  output_hidden_states=False) -> BackboneOutput``: the decoder on embeddings (B, T, D). ``attention_mask``
+  (B, T_past + T) is 1 on real tokens (batches are left padded); ``position_ids`` (B, T) (see
+  :func:`positions_from_mask`); ``past_key_values`` the cache a previous call returned. The output's
+  ``hidden_states`` (B, T, D) are after the final norm; ``past_key_values`` is the updated cache when
+  ``use_cache``; ``all_hidden_states`` the ``num_layers + 1`` states (embeddings first) when
+  ``output_hidden_states`` (JanusFlow's REPA reads one of them).
+* ``logits(hidden_states)``: the LM head, (..., D) -> (..., V).
+* ``hidden_size`` (D), ``vocab_size`` (V, rows of the embedding table), ``num_layers``.
+
+:class:`CausalLMBackbone` also offers ``resize_vocab`` (the processor grows the table for added image tokens),
+``set_grad_checkpointing`` and ``folded_config`` (what ``save_pretrained`` writes for a backbone from a folder).
 """
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..registry import BACKBONES, ConfigError
+from ..registry import BACKBONES, CheckpointError, ConfigError, InputError
 from .base import Backbone, BackboneOutput, positions_from_mask  # noqa: F401  (re-exported)
 
 # Config fields every transformers config accepts but that say nothing about the architecture.
 _ALWAYS_ALLOWED = {"torch_dtype", "dtype", "_attn_implementation_autoset", "transformers_version", "architectures"}
+#: Fields that may differ from a pretrained folder's config: they change how the model runs or trains, not its
+#: weights (``attn_implementation`` and ``gradient_checkpointing`` are the backbone's own arguments).
+RUNTIME_FIELDS = {"attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "use_cache"}
+#: Weight files ``from_pretrained`` reads, one of which a pretrained folder must hold.
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
 
 
-def _hf_config(model_type: str, fields: dict[str, Any], where: str):
-    """Build a transformers config for ``model_type``, rejecting fields its config class does not define."""
-    from transformers import AutoConfig
+def _config_class(model_type: str, where: str):
+    """transformers' config class for ``model_type``; an unknown type suggests the closest one."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if model_type not in CONFIG_MAPPING:
@@ -34,7 +64,12 @@ def _hf_config(model_type: str, fields: dict[str, Any], where: str):
         match = difflib.get_close_matches(model_type, names, n=1)
         hint = f" Did you mean '{match[0]}'?" if match else ""
         raise ConfigError(f"{where}.model_type: transformers has no model type '{model_type}'.{hint}")
-    config_class = CONFIG_MAPPING[model_type]
+    return CONFIG_MAPPING[model_type]
+
+
+def _check_fields(model_type: str, fields: dict[str, Any], where: str) -> None:
+    """Reject fields that ``model_type``'s config class does not define, suggesting the closest one."""
+    config_class = _config_class(model_type, where)
     # to_dict() names the family's own fields; attribute_map adds the common aliases (hidden_size for gpt2's n_embd)
     known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | _ALWAYS_ALLOWED
     for key in fields:
@@ -42,36 +77,165 @@ def _hf_config(model_type: str, fields: dict[str, Any], where: str):
             match = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean '{match[0]}'?" if match else ""
             raise ConfigError(f"{where}.{key}: not a field of transformers' {model_type} config.{hint}")
+
+
+def _hf_config(model_type: str, fields: dict[str, Any], where: str):
+    """Build a transformers config for ``model_type``, rejecting fields its config class does not define."""
+    from transformers import AutoConfig
+
+    _check_fields(model_type, fields, where)
     fields = {k: v for k, v in fields.items() if k not in _ALWAYS_ALLOWED}
     return AutoConfig.for_model(model_type, **fields)
+
+
+def _check_causal_lm(hf_config, where: str, source: str) -> None:
+    """Fail in one line when transformers has no causal LM for this config (a vision model, an encoder-only one)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(hf_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"{where}: {source} is a {hf_config.model_type!r} model, for which transformers has no "
+                          "causal LM (AutoModelForCausalLM); choose a decoder family such as llama, qwen2 or gpt2")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a YAML list compares equal to the same values read from a config.json."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _pretrained_config(folder: Path, model_type: str | None, fields: dict[str, Any], where: str):
+    """The folder's transformers config, after checking that ``fields`` agree with it.
+
+    Raises:
+        CheckpointError: no such folder, or no ``config.json`` / weights in it.
+        ConfigError: an unknown field, or one that contradicts the folder (both values named).
+    """
+    from transformers import AutoConfig
+
+    if not folder.is_dir():
+        raise CheckpointError(f"{where}.pretrained: no folder {folder}; give a local transformers model folder")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{where}.pretrained: {folder} has no config.json; give a transformers model folder "
+                              "(written by save_pretrained)")  # fmt: skip
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"{where}.pretrained: {folder} has no weights ({', '.join(WEIGHT_FILES)})")
+    try:
+        hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{where}.pretrained: cannot read {folder}/config.json ({reason})") from err
+    _check_causal_lm(hf_config, where, f"{folder}")
+    folder_type = hf_config.model_type
+    if model_type is not None and model_type != folder_type:
+        raise ConfigError(f"{where}: {folder} holds a {folder_type!r} model but the slot asks for {model_type!r}; "
+                          "use type: hf_causal_lm without model_type to take the folder's")  # fmt: skip
+    _check_fields(folder_type, fields, where)
+    for key, value in fields.items():
+        if key in _ALWAYS_ALLOWED or key in RUNTIME_FIELDS:
+            continue
+        folder_value = getattr(hf_config, key, None)
+        if _plain(value) != _plain(folder_value):
+            raise ConfigError(f"{where}.{key} = {value!r} contradicts {folder}/config.json, which has {key} = "
+                              f"{folder_value!r}; remove the key to use the folder's value")  # fmt: skip
+    for key in RUNTIME_FIELDS & set(fields):
+        setattr(hf_config, key, fields[key])
+    return hf_config
+
+
+def _load_pretrained(folder: Path, hf_config, attn_implementation: str, where: str) -> nn.Module:
+    """The folder's causal LM with its weights, or its bare architecture under ``torch.device("meta")``."""
+    from pickle import UnpicklingError
+
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    if torch.get_default_device().type == "meta":  # config show / a big model's skeleton: read no weights
+        hf_config._attn_implementation = attn_implementation
+        return AutoModelForCausalLM.from_config(hf_config)
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            str(folder), config=hf_config, local_files_only=True, dtype=torch.get_default_dtype(),
+            attn_implementation=attn_implementation, output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError, UnpicklingError) as err:  # unreadable weight files
+        raise CheckpointError(f"{where}.pretrained: cannot load the weights in {folder} "
+                              f"({str(err).strip().splitlines()[0]})") from err  # fmt: skip
+    missing = sorted(info["missing_keys"]) + sorted(info["mismatched_keys"])
+    if missing:
+        raise CheckpointError(f"{where}.pretrained: the weights in {folder} lack or mis-size {len(missing)} "
+                              f"tensor(s) of its model, e.g. {missing[0]}; is the folder complete?")  # fmt: skip
+    return lm
 
 
 class CausalLMBackbone(Backbone):
     """A transformers causal LM (decoder, final norm, LM head) used as the unified model's backbone.
 
     Args:
-        model_type: transformers model type ("llama", "qwen2", "gpt_neox", ...).
+        model_type: transformers model type ("llama", "qwen2", "gpt_neox", ...); optional with ``pretrained``
+            (the folder's config names it).
         gradient_checkpointing: recompute each layer's activations in the backward pass to save memory.
         attn_implementation: "sdpa" (default) or "eager".
-        **config: the family's config fields (hidden_size, num_hidden_layers, vocab_size, ...).
+        pretrained: a local transformers folder to load the architecture and weights from.
+        **config: the family's config fields (hidden_size, num_hidden_layers, vocab_size, ...); with
+            ``pretrained`` they must agree with the folder's (``RUNTIME_FIELDS`` excepted).
     """
 
     def __init__(
         self,
-        model_type: str = "llama",
+        model_type: str | None = "llama",
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        pretrained: str | Path | None = None,
         **config: Any,
     ):
         super().__init__()
-        from transformers import AutoModelForCausalLM
+        where = "model.backbone"
+        if pretrained is not None:
+            folder = Path(pretrained)
+            hf_config = _pretrained_config(folder, model_type, config, where)
+            lm = _load_pretrained(folder, hf_config, attn_implementation, where)
+        else:
+            from transformers import AutoModelForCausalLM
 
-        hf_config = _hf_config(model_type, config, where="model.backbone")
-        hf_config._attn_implementation = attn_implementation
-        self.lm = AutoModelForCausalLM.from_config(hf_config)
-        self.model_type = model_type
+            if model_type is None:
+                raise ConfigError(f"{where}.model_type: required without 'pretrained'; name a transformers family "
+                                  "(llama, qwen2, gpt2, ...) or give pretrained: FOLDER")  # fmt: skip
+            hf_config = _hf_config(model_type, config, where=where)
+            _check_causal_lm(hf_config, where, f"model_type {model_type!r}")
+            hf_config._attn_implementation = attn_implementation
+            lm = AutoModelForCausalLM.from_config(hf_config)
+        self._attach(lm, folder=Path(pretrained) if pretrained is not None else None)
         if gradient_checkpointing:
             self.set_grad_checkpointing(True)
+
+    def _attach(self, lm: nn.Module, folder: Path | None) -> None:
+        self.lm = lm
+        self.model_type: str = lm.config.model_type
+        #: The transformers folder the weights came from (its tokenizer is the processor's default), or None.
+        self.pretrained: Path | None = folder
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> CausalLMBackbone:
+        """Wrap a causal LM built outside unimm (``AutoModelForCausalLM.from_config`` / ``from_pretrained``).
+
+        The model is used as it is (same module, same weights, its own attention kernel), so the generation paths
+        and :class:`unimm.UnifiedModel` can run on it.
+
+        Raises:
+            InputError: ``model`` is not a transformers causal LM with an LM head.
+        """
+        from transformers import PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel) or model.get_output_embeddings() is None:
+            raise InputError(f"CausalLMBackbone.from_model needs a transformers causal LM with an LM head (e.g. "
+                             f"AutoModelForCausalLM.from_config(config)), got {type(model).__name__}")  # fmt: skip
+        backbone = cls.__new__(cls)  # skip __init__: the language model exists already
+        nn.Module.__init__(backbone)
+        backbone._attach(model, folder=None)
+        return backbone
 
     # -- sizes ----------------------------------------------------------------------------------------------
     @property
@@ -142,17 +306,41 @@ class CausalLMBackbone(Backbone):
         if vocab_size != self.vocab_size:
             self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
 
+    # -- saving ---------------------------------------------------------------------------------------------
+    def tokenizer_folder(self) -> Path | None:
+        """The ``pretrained`` folder (its tokenizer files come with the weights), or None."""
+        return self.pretrained
+
+    def folded_config(self) -> dict[str, Any] | None:
+        """The slot config that rebuilds this backbone without its ``pretrained`` folder, or None if it has none.
+
+        The folder's config fields (with the vocabulary as grown by the processor) replace ``pretrained``; the
+        weights themselves go into the saved model's ``model.safetensors``.
+        """
+        if self.pretrained is None:
+            return None
+        fields = {k: v for k, v in self.lm.config.to_diff_dict().items()
+                  if not k.startswith("_") and k not in _ALWAYS_ALLOWED and k != "model_type"}  # fmt: skip
+        fields["vocab_size"] = self.vocab_size
+        return {
+            "type": "hf_causal_lm",
+            "model_type": self.model_type,
+            "attn_implementation": self.lm.config._attn_implementation,
+            "gradient_checkpointing": bool(self.lm.is_gradient_checkpointing),
+            **_plain(fields),
+        }
+
 
 @BACKBONES.register("llama", aliases=("deepseek_llm",))
-def llama(**config: Any) -> CausalLMBackbone:
+def llama(pretrained: str | None = None, **config: Any) -> CausalLMBackbone:
     """Llama-architecture causal LM (DeepSeek-LLM 1.3B / 7B in Janus, Janus-Pro, JanusFlow)."""
     model_type = config.pop("model_type", "llama")  # released language configs repeat it
     if model_type != "llama":
         raise ConfigError(f"model.backbone.model_type = {model_type!r} under type 'llama'; use type: hf_causal_lm")
-    return CausalLMBackbone("llama", **config)
+    return CausalLMBackbone("llama", pretrained=pretrained, **config)
 
 
 @BACKBONES.register("hf_causal_lm")
-def hf_causal_lm(model_type: str, **config: Any) -> CausalLMBackbone:
-    """Any transformers causal-LM family named by ``model_type`` (qwen2, phi3, gpt_neox, ...)."""
-    return CausalLMBackbone(model_type, **config)
+def hf_causal_lm(model_type: str | None = None, pretrained: str | None = None, **config: Any) -> CausalLMBackbone:
+    """Any transformers causal-LM family named by ``model_type`` (qwen2, phi3, gpt_neox, ...) or a local folder."""
+    return CausalLMBackbone(model_type, pretrained=pretrained, **config)
