@@ -120,6 +120,11 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
             slot.config = {k: v for k, v in dict(part.vae.config).items() if not k.startswith("_")}
         else:
             slot.update(part.architecture)
+    # A timm encoder may start from weights outside the checkpoint (a file, a folder, a hub name); they are saved
+    # with the rest, so its slot is rewritten to rebuild it without them (resolved sizes and normalisation).
+    standalone_config = getattr(model.und_encoder, "standalone_config", None)
+    if standalone_config is not None:
+        cfg.model.und_encoder.update(standalone_config())
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
