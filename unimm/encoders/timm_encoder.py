@@ -97,7 +97,7 @@ class TimmEncoder(UnderstandingEncoder):
         saved_args = {k: v for k, v in source.model_args.items() if k not in RESERVED_ARGS}
         self.model_args = {**saved_args, **model_args}
         if image_size is None:
-            image_size = source.model_args.get("img_size")
+            image_size = _square_side(source.model_args.get("img_size"), source.label)
         if source.architecture is not None and source.architecture != _architecture(self.model_name):
             raise ConfigError(
                 f"{WHERE}.model_name is '{self.model_name}' but {source.label} holds a '{source.architecture}'; "
@@ -329,6 +329,16 @@ def _dry_run(model: nn.Module, layer: int, image_size: int, model_name: str) -> 
         raise ConfigError(f"{WHERE}.image_size: {image_size} px leaves timm's {model_name} no feature grid at layer "
                           f"{layer} (got {tuple(grid.shape)}); use a larger image_size")
     return grid
+
+
+def _square_side(img_size: int | Sequence[int] | None, label: str) -> int | None:
+    """A folder's saved ``img_size`` (an int, or timm's [h, w]) as one side; unimm's images are square."""
+    if img_size is None or isinstance(img_size, int):
+        return img_size
+    if len(img_size) == 2 and img_size[0] == img_size[1]:
+        return int(img_size[0])
+    raise ConfigError(f"{WHERE}.image_size: {label} was saved for {list(img_size)} images, which are not square; "
+                      "set image_size to the square side to build it at")
 
 
 def _channels(values: Sequence[float], key: str) -> tuple[float, float, float]:
