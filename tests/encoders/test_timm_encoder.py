@@ -307,3 +307,22 @@ def test_config_show_reports_a_mistake_in_one_line(capsys):
                      "model.und_aligner=@parts/und_aligner/mlp_gelu", "model.und_encoder.layer=5"])
     assert code == 2
     assert "unimm: error: model.und_encoder.layer 5 is out of range" in capsys.readouterr().err
+
+
+def test_timm_features_are_janusflows_repa_targets():
+    """REPA reads the encoder's features of the generation images, normalised with the timm model's own statistics."""
+    torch.manual_seed(0)
+    cfg = unimm.load_config("janus_tiny", ["model.und_encoder=@parts/und_encoder/timm_vit_reg_tiny",
+                                           "model.und_aligner=@parts/und_aligner/mlp_gelu",
+                                           "model.generator=@parts/generator/flow_tiny", "model.generator.repa_layer=1"])
+    model = unimm.build_model(cfg)
+    processor = unimm.build_processor(cfg, model)
+    assert model.generator.repa_projector[-1].out_features == model.und_encoder.out_dim
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    features = model.und_encoder_features(images)
+    torch.testing.assert_close(features, model.und_encoder.alignment_features(images))
+    prompt_ids, prompt_mask = processor.generation_prompts(["a red square", "blue"])
+    loss = model.generation_loss(prompt_ids, prompt_mask, images, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss.loss)
+    loss.loss.backward()
+    assert next(model.generator.repa_projector.parameters()).grad.abs().sum() > 0
