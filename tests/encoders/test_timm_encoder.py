@@ -262,7 +262,8 @@ def test_checkpoint_mistakes_name_the_file(tmp_path):
          r"vit\.safetensors does not fit timm's vit_tiny_patch16_224 .*Missing key.*blocks\.2"),
         (dict(model_args={**VIT_ARGS, "embed_dim": 64}, pretrained=str(tmp_path / "vit.safetensors")),
          r"vit\.safetensors does not fit .*size mismatch"),
-        (dict(model_args=VIT_ARGS, pretrained=str(tmp_path / "broken.safetensors")), r"cannot read .*broken\.safetensors"),
+        (dict(model_args=VIT_ARGS, pretrained=str(tmp_path / "broken.safetensors")),
+         r"cannot read .*broken\.safetensors"),
         (dict(model_args=VIT_ARGS, pretrained=str(tmp_path / "weights.txt")), r"weights\.txt is not a weight file"),
         (dict(model_args=VIT_ARGS, pretrained=str(tmp_path / "empty")), r"empty has no model\.safetensors"),
     ]
@@ -314,7 +315,8 @@ def test_timm_features_are_janusflows_repa_targets():
     torch.manual_seed(0)
     cfg = unimm.load_config("janus_tiny", ["model.und_encoder=@parts/und_encoder/timm_vit_reg_tiny",
                                            "model.und_aligner=@parts/und_aligner/mlp_gelu",
-                                           "model.generator=@parts/generator/flow_tiny", "model.generator.repa_layer=1"])
+                                           "model.generator=@parts/generator/flow_tiny",
+                                           "model.generator.repa_layer=1"])
     model = unimm.build_model(cfg)
     processor = unimm.build_processor(cfg, model)
     assert model.generator.repa_projector[-1].out_features == model.und_encoder.out_dim

@@ -107,18 +107,25 @@ class TimmEncoder(UnderstandingEncoder):
         # Check everything on a meta-device twin first: no memory is allocated and no weights are read until the
         # name, arguments, layer and image size are known to work.
         with torch.device("meta"):
-            probe, self._img_size_arg = self._create(timm, source, image_size, load=False)
+            probe, self._img_size_arg = self._create(source, image_size, load=False)
             self.layer = _checked_layer(probe, layer, self.model_name)
             probe.prune_intermediate_layers([self.layer], prune_norm=False, prune_head=True)
             self.image_size = image_size if image_size is not None else _default_image_size(timm, probe)
             _check_stride(probe, self.layer, self.image_size, self.model_name)
             grid = _dry_run(probe, self.layer, self.image_size, self.model_name)
+        if source.kind == "hub":  # timm read the architecture and its arguments from the hub's config.json
+            hub_arch = probe.pretrained_cfg.get("architecture")
+            if hub_arch and hub_arch != _architecture(self.model_name):
+                raise ConfigError(f"{WHERE}.model_name is '{self.model_name}' but {source.label} holds a "
+                                  f"'{hub_arch}'; set model_name: {hub_arch}")
+            hub_args = getattr(probe, "pretrained_model_args", None) or {}
+            self.model_args = {**{k: v for k, v in hub_args.items() if k not in RESERVED_ARGS}, **self.model_args}
         self._out_dim, self._num_tokens = int(grid.shape[1]), int(grid.shape[2] * grid.shape[3])
 
         # Under ``torch.device("meta")`` (``unimm config show``) nothing can hold weights: do not read them.
         load = source.kind != "none" and torch.empty(()).device.type != "meta"
         source.classifier = probe.pretrained_cfg.get("classifier") or "head"
-        self.model, _ = self._create(timm, source, image_size, load=load, img_size_arg=self._img_size_arg)
+        self.model, _ = self._create(source, image_size, load=load, img_size_arg=self._img_size_arg)
         self.model.pretrained_cfg.pop("state_dict", None)  # the loaded tensors now live in the parameters
         self.model.prune_intermediate_layers([self.layer], prune_norm=False, prune_head=True)
         #: Prefix tokens (class, registers) the model prepends and this encoder drops.
@@ -130,13 +137,15 @@ class TimmEncoder(UnderstandingEncoder):
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"{WHERE}.pixel_std must be positive, got {list(self.pixel_std)}")
 
-    def _create(self, timm, source: _WeightSource, image_size: int | None, *, load: bool,
+    def _create(self, source: _WeightSource, image_size: int | None, *, load: bool,
                 img_size_arg: bool | None = None) -> tuple[nn.Module, bool]:
         """``timm.create_model`` for this slot; returns the network and whether it took ``img_size``.
 
         timm has no way to ask a model whether it takes ``img_size`` (ViTs do, CNNs do not), so with
         ``img_size_arg=None`` it is tried first and dropped when the model's constructor refuses it.
         """
+        import timm
+
         name = source.hub_name if source.kind == "hub" else self.model_name
         kwargs: dict[str, Any] = dict(num_classes=0, **self.model_args)
         if load:
@@ -154,17 +163,18 @@ class TimmEncoder(UnderstandingEncoder):
                 return timm.create_model(name, **kwargs), False
         except UnimmError:
             raise
-        except TypeError as err:  # an argument the model's constructor does not have
-            match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-            key = f".{match.group(1)}" if match else ""
-            raise ConfigError(f"{WHERE}.model_args{key}: timm's {self.model_name} does not take it ({err})") from err
         except Exception as err:
-            if load:
+            if load:  # the same arguments built the meta-device twin, so the weights are what failed
                 raise CheckpointError(f"{WHERE}.pretrained: {source.label} does not fit timm's {self.model_name} "
                                       f"with these model_args: {_one_line(err)}") from err
+            if isinstance(err, TypeError):  # an argument the model's constructor does not have
+                match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+                key = f".{match.group(1)}" if match else ""
+                raise ConfigError(f"{WHERE}.model_args{key}: timm's {self.model_name} does not take it "
+                                  f"({err})") from err
             if source.kind == "hub":
-                raise CheckpointError(f"{WHERE}.pretrained: timm could not fetch '{source.hub_name}' ({_one_line(err)}); "
-                                      "without a network give a local file or folder") from err
+                raise CheckpointError(f"{WHERE}.pretrained: timm could not fetch '{source.hub_name}' "
+                                      f"({_one_line(err)}); without a network give a local file or folder") from err
             raise ConfigError(f"{WHERE}: timm cannot build {self.model_name} with model_args {self.model_args}: "
                               f"{_one_line(err)}") from err
 
