@@ -79,6 +79,13 @@ def test_changing_a_slot_type_replaces_the_slot():
     assert OmegaConf.to_container(cfg.model.und_aligner) == {"type": "linear"}  # depth is gone
 
 
+def test_an_inline_slot_of_another_type_replaces_the_slot():
+    cfg = load_config("janus_tiny", ["model.und_aligner={type: linear}"])
+    assert OmegaConf.to_container(cfg.model.und_aligner) == {"type": "linear"}  # depth is gone
+    cfg = load_config("janus_tiny", ["model.und_aligner={type: mlp_gelu, depth: 3}"])
+    assert OmegaConf.to_container(cfg.model.und_aligner) == {"type": "mlp_gelu", "depth": 3}  # same type: merged
+
+
 def test_same_type_override_merges():
     before = load_config("janus_tiny")
     cfg = load_config("janus_tiny", ["model.generator.type=vq", "model.generator.image_size=32"])

@@ -231,3 +231,11 @@ def test_aligner_contract_pairs_encoders_and_aligners():
     assert ALIGNERS.get("low_high_hybrid_split_mlp_gelu").input_form == "pair"
     assert ENCODERS.get("sam_siglip").output_form == "pair"
     assert ENCODERS.get("siglip").output_form == ALIGNERS.get("mlp_gelu")(2, 2).input_form == "sequence"
+
+
+def test_a_part_reports_errors_under_the_path_it_is_built_at():
+    with pytest.raises(ConfigError, match=r"^towers\.left\.model_name: timm has no model 'vit_tinny_patch16_224'"):
+        ENCODERS.build({"type": "timm", "model_name": "vit_tinny_patch16_224"}, where="towers.left")
+    with pytest.raises(ConfigError, match=r"^towers\.right: image_size 30 is not a multiple of patch_size 8"):
+        ENCODERS.build({"type": "siglip", "variant": None, "image_size": 30, "patch_size": 8, "width": 16,
+                        "layers": 1, "heads": 2, "mlp_ratio": 2.0}, where="towers.right")

@@ -96,6 +96,12 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
             if isinstance(current, DictConfig) and current.get("type") != value:
                 OmegaConf.update(cfg, slot, {"type": value}, merge=False)
                 continue
+        current = OmegaConf.select(cfg, key)
+        if isinstance(value, DictConfig) and isinstance(current, DictConfig) and value.get("type") not in (
+            None, current.get("type")
+        ):  # a whole slot of another type, written inline: replace, never merge with the old part's keys
+            OmegaConf.update(cfg, key, value, merge=False)
+            continue
         OmegaConf.update(cfg, key, value, merge=True, force_add=True)
     return cfg
 

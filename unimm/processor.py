@@ -134,7 +134,7 @@ class Processor:
     @property
     def image_size(self) -> int:
         """Side of the understanding encoder's input images."""
-        return int(getattr(self.image_transform, "image_size"))
+        return int(self.image_transform.image_size)
 
     # -- text -----------------------------------------------------------------------------------------------
     def _role(self, role: str) -> int:

@@ -28,7 +28,7 @@ Subclasses implement ``forward``, ``out_dim`` and ``num_tokens`` and set ``image
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -108,4 +108,15 @@ class UnderstandingEncoder(nn.Module, ABC):
             p.requires_grad_(not frozen)
 
 
-__all__ = ["OutputForm", "UnderstandingEncoder"]
+@runtime_checkable
+class PretrainableEncoder(Protocol):
+    """An encoder :func:`unimm.train.encoder.pretrain_encoder` can pre-train on labelled images (SigLIP does)."""
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, out_dim): one embedding per image."""
+
+    def save(self, folder, notes: dict | None = None):
+        """Write a folder that the encoder's ``path:`` argument loads back."""
+
+
+__all__ = ["OutputForm", "PretrainableEncoder", "UnderstandingEncoder"]

@@ -35,7 +35,6 @@ from torch import nn
 from ..registry import ENCODERS, CheckpointError, ConfigError, InputError, UnimmError
 from .base import UnderstandingEncoder
 
-WHERE = "model.und_encoder"
 #: Weight files a local ``pretrained`` path may name, and the names looked for inside a folder.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -84,23 +83,26 @@ class TimmEncoder(UnderstandingEncoder):
         layer: int | None = None,
         pixel_mean: list | None = None,
         pixel_std: list | None = None,
+        *,
+        where: str = "model.und_encoder",
     ):
         super().__init__()
         import timm
 
-        self.model_name = _checked_name(model_name)
-        source = _WeightSource.resolve(pretrained)
-        model_args = _checked_model_args(model_args)
+        self.where = where
+        self.model_name = _checked_name(model_name, where)
+        source = _WeightSource.resolve(pretrained, where)
+        model_args = _checked_model_args(model_args, where)
         if image_size is not None and image_size < 1:
-            raise ConfigError(f"{WHERE}.image_size must be a positive number of pixels, got {image_size}")
+            raise ConfigError(f"{where}.image_size must be a positive number of pixels, got {image_size}")
         # A folder's saved architecture arguments are defaults that the slot's own model_args override.
         saved_args = {k: v for k, v in source.model_args.items() if k not in RESERVED_ARGS}
         self.model_args = {**saved_args, **model_args}
         if image_size is None:
-            image_size = _square_side(source.model_args.get("img_size"), source.label)
+            image_size = _square_side(source.model_args.get("img_size"), source.label, where)
         if source.architecture is not None and source.architecture != _architecture(self.model_name):
             raise ConfigError(
-                f"{WHERE}.model_name is '{self.model_name}' but {source.label} holds a '{source.architecture}'; "
+                f"{where}.model_name is '{self.model_name}' but {source.label} holds a '{source.architecture}'; "
                 f"set model_name: {source.architecture}"
             )
 
@@ -108,15 +110,15 @@ class TimmEncoder(UnderstandingEncoder):
         # name, arguments, layer and image size are known to work.
         with torch.device("meta"):
             probe, self._img_size_arg = self._create(source, image_size, load=False)
-            self.layer = _checked_layer(probe, layer, self.model_name)
+            self.layer = _checked_layer(probe, layer, self.model_name, where)
             probe.prune_intermediate_layers([self.layer], prune_norm=False, prune_head=True)
             self.image_size = image_size if image_size is not None else _default_image_size(timm, probe)
-            _check_stride(probe, self.layer, self.image_size, self.model_name)
-            grid = _dry_run(probe, self.layer, self.image_size, self.model_name)
+            _check_stride(probe, self.layer, self.image_size, self.model_name, where)
+            grid = _dry_run(probe, self.layer, self.image_size, self.model_name, where)
         if source.kind == "hub":  # timm read the architecture and its arguments from the hub's config.json
             hub_arch = probe.pretrained_cfg.get("architecture")
             if hub_arch and hub_arch != _architecture(self.model_name):
-                raise ConfigError(f"{WHERE}.model_name is '{self.model_name}' but {source.label} holds a "
+                raise ConfigError(f"{where}.model_name is '{self.model_name}' but {source.label} holds a "
                                   f"'{hub_arch}'; set model_name: {hub_arch}")
             hub_args = getattr(probe, "pretrained_model_args", None) or {}
             self.model_args = {**{k: v for k, v in hub_args.items() if k not in RESERVED_ARGS}, **self.model_args}
@@ -133,10 +135,10 @@ class TimmEncoder(UnderstandingEncoder):
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
 
         data_cfg = timm.data.resolve_data_config({}, model=self.model)
-        self.pixel_mean = _channels(pixel_mean, "pixel_mean") if pixel_mean is not None else tuple(data_cfg["mean"])
-        self.pixel_std = _channels(pixel_std, "pixel_std") if pixel_std is not None else tuple(data_cfg["std"])
+        self.pixel_mean = _channels(pixel_mean, "pixel_mean", where) if pixel_mean is not None else tuple(data_cfg["mean"])
+        self.pixel_std = _channels(pixel_std, "pixel_std", where) if pixel_std is not None else tuple(data_cfg["std"])
         if any(s <= 0 for s in self.pixel_std):
-            raise ConfigError(f"{WHERE}.pixel_std must be positive, got {list(self.pixel_std)}")
+            raise ConfigError(f"{where}.pixel_std must be positive, got {list(self.pixel_std)}")
 
     def _create(self, source: _WeightSource, image_size: int | None, *, load: bool,
                 img_size_arg: bool | None = None) -> tuple[nn.Module, bool]:
@@ -147,6 +149,7 @@ class TimmEncoder(UnderstandingEncoder):
         """
         import timm
 
+        where = self.where
         name = source.hub_name if source.kind == "hub" else self.model_name
         kwargs: dict[str, Any] = dict(num_classes=0, **self.model_args)
         if load:
@@ -166,17 +169,17 @@ class TimmEncoder(UnderstandingEncoder):
             raise
         except Exception as err:
             if load:  # the same arguments built the meta-device twin, so the weights are what failed
-                raise CheckpointError(f"{WHERE}.pretrained: {source.label} does not fit timm's {self.model_name} "
+                raise CheckpointError(f"{where}.pretrained: {source.label} does not fit timm's {self.model_name} "
                                       f"with these model_args: {_one_line(err)}") from err
             if isinstance(err, TypeError):  # an argument the model's constructor does not have
                 match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
                 key = f".{match.group(1)}" if match else ""
-                raise ConfigError(f"{WHERE}.model_args{key}: timm's {self.model_name} does not take it "
+                raise ConfigError(f"{where}.model_args{key}: timm's {self.model_name} does not take it "
                                   f"({err})") from err
             if source.kind == "hub":
-                raise CheckpointError(f"{WHERE}.pretrained: timm could not fetch '{source.hub_name}' "
+                raise CheckpointError(f"{where}.pretrained: timm could not fetch '{source.hub_name}' "
                                       f"({_one_line(err)}); without a network give a local file or folder") from err
-            raise ConfigError(f"{WHERE}: timm cannot build {self.model_name} with model_args {self.model_args}: "
+            raise ConfigError(f"{where}: timm cannot build {self.model_name} with model_args {self.model_args}: "
                               f"{_one_line(err)}") from err
 
     # -- the contract ---------------------------------------------------------------------------------------------
@@ -213,9 +216,9 @@ class TimmEncoder(UnderstandingEncoder):
 class _WeightSource:
     """Where ``pretrained`` points: nothing, a timm hub name, or a local file / folder (read here)."""
 
-    def __init__(self, kind: str, label: str = "", path: Path | None = None, hub_name: str = "",
+    def __init__(self, kind: str, where: str, label: str = "", path: Path | None = None, hub_name: str = "",
                  folder_cfg: dict | None = None):
-        self.kind, self.label, self.path, self.hub_name = kind, label, path, hub_name
+        self.kind, self.where, self.label, self.path, self.hub_name = kind, where, label, path, hub_name
         folder_cfg = folder_cfg or {}
         self.architecture: str | None = folder_cfg.get("architecture")
         self.model_args: dict = dict(folder_cfg.get("model_args") or {})
@@ -224,31 +227,31 @@ class _WeightSource:
         self.classifier: str | Sequence[str] = "head"
 
     @classmethod
-    def resolve(cls, pretrained: str | None) -> _WeightSource:
+    def resolve(cls, pretrained: str | None, where: str) -> _WeightSource:
         if pretrained is None:
-            return cls("none")
+            return cls("none", where)
         if pretrained.startswith("hf-hub:"):
-            return cls("hub", label=pretrained, hub_name=pretrained)
+            return cls("hub", where, label=pretrained, hub_name=pretrained)
         path = Path(pretrained).expanduser()
         hint = ("give a .safetensors / .bin / .pth file of a timm state dict, a folder with config.json and "
                 "model.safetensors (timm.models.save_for_hf), or 'hf-hub:ORG/NAME'")
         if path.is_dir():
             weights = next((path / n for n in FOLDER_WEIGHTS if (path / n).is_file()), None)
             if weights is None:
-                raise CheckpointError(f"{WHERE}.pretrained: {path} has no {' or '.join(FOLDER_WEIGHTS)}; {hint}")
+                raise CheckpointError(f"{where}.pretrained: {path} has no {' or '.join(FOLDER_WEIGHTS)}; {hint}")
             folder_cfg = {}
             if (path / "config.json").is_file():
                 try:
                     folder_cfg = json.loads((path / "config.json").read_text())
                 except (OSError, ValueError) as err:
-                    raise CheckpointError(f"{WHERE}.pretrained: cannot read {path / 'config.json'}: {err}") from err
-            return cls("local", label=str(weights), path=weights, folder_cfg=folder_cfg)
+                    raise CheckpointError(f"{where}.pretrained: cannot read {path / 'config.json'}: {err}") from err
+            return cls("local", where, label=str(weights), path=weights, folder_cfg=folder_cfg)
         if not path.is_file():
-            raise CheckpointError(f"{WHERE}.pretrained: {path} does not exist; {hint}")
+            raise CheckpointError(f"{where}.pretrained: {path} does not exist; {hint}")
         if path.suffix not in WEIGHT_SUFFIXES:
-            raise CheckpointError(f"{WHERE}.pretrained: {path} is not a weight file ({', '.join(WEIGHT_SUFFIXES)}); "
+            raise CheckpointError(f"{where}.pretrained: {path} is not a weight file ({', '.join(WEIGHT_SUFFIXES)}); "
                                   f"{hint}")
-        return cls("local", label=str(path), path=path)
+        return cls("local", where, label=str(path), path=path)
 
     def overlay(self, with_weights: bool = True) -> dict:
         """``pretrained_cfg_overlay`` for timm: a folder's preprocessing, and the state dict to load.
@@ -263,12 +266,13 @@ class _WeightSource:
             return overlay
         import timm
 
+        where = self.where
         try:
             state = timm.models.load_state_dict(str(self.path))
         except Exception as err:  # truncated file, not a checkpoint, pickled objects refused by weights_only
-            raise CheckpointError(f"{WHERE}.pretrained: cannot read {self.label}: {_one_line(err)}") from err
+            raise CheckpointError(f"{where}.pretrained: cannot read {self.label}: {_one_line(err)}") from err
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise CheckpointError(f"{WHERE}.pretrained: {self.label} does not hold a state dict of tensors")
+            raise CheckpointError(f"{where}.pretrained: {self.label} does not hold a state dict of tensors")
         heads = (self.classifier,) if isinstance(self.classifier, str) else tuple(self.classifier)
         state = {k: v for k, v in state.items() if not any(k in (f"{h}.weight", f"{h}.bias") for h in heads)}
         return {**overlay, "state_dict": state, "source": None, "file": None, "num_classes": 0, "classifier": None}
@@ -280,40 +284,40 @@ def _architecture(model_name: str) -> str:
     return model_name.split(".", 1)[0]
 
 
-def _checked_name(model_name: str) -> str:
+def _checked_name(model_name: str, where: str) -> str:
     import timm
 
     if ":" in model_name or "/" in model_name:
         raise ConfigError(
-            f"{WHERE}.model_name '{model_name}' is a hub name or a path; model_name is a timm architecture "
-            f"(e.g. vit_small_patch14_reg4_dinov2) and the weights go in {WHERE}.pretrained"
+            f"{where}.model_name '{model_name}' is a hub name or a path; model_name is a timm architecture "
+            f"(e.g. vit_small_patch14_reg4_dinov2) and the weights go in {where}.pretrained"
         )
     if not timm.is_model(_architecture(model_name)):
         close = difflib.get_close_matches(_architecture(model_name), timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"{WHERE}.model_name: timm has no model '{model_name}'.{hint} "
+        raise ConfigError(f"{where}.model_name: timm has no model '{model_name}'.{hint} "
                           f"timm.list_models('*pattern*') lists the {len(timm.list_models())} names")
     return model_name
 
 
-def _checked_model_args(model_args: dict | None) -> dict:
+def _checked_model_args(model_args: dict | None, where: str) -> dict:
     model_args = dict(model_args or {})
     for key, fix in RESERVED_ARGS.items():
         if key in model_args:
-            raise ConfigError(f"{WHERE}.model_args.{key}: not allowed here; {fix}")
+            raise ConfigError(f"{where}.model_args.{key}: not allowed here; {fix}")
     return model_args
 
 
-def _checked_layer(model: nn.Module, layer: int | None, model_name: str) -> int:
+def _checked_layer(model: nn.Module, layer: int | None, model_name: str, where: str) -> int:
     """The non-negative ``feature_info`` index for ``layer`` (None: the last)."""
     if not hasattr(model, "forward_intermediates") or not hasattr(model, "prune_intermediate_layers"):
-        raise ConfigError(f"{WHERE}.model_name: timm's {model_name} has no forward_intermediates, which unimm "
+        raise ConfigError(f"{where}.model_name: timm's {model_name} has no forward_intermediates, which unimm "
                           "reads features with; choose another timm model")
     count = len(model.feature_info)
     if layer is None:
         return count - 1
     if not -count <= layer < count:
-        raise ConfigError(f"{WHERE}.layer {layer} is out of range: timm's {model_name} has {count} feature layers "
+        raise ConfigError(f"{where}.layer {layer} is out of range: timm's {model_name} has {count} feature layers "
                           f"(blocks or stages), so layer is in {-count}..{count - 1}")
     return layer % count
 
@@ -323,41 +327,41 @@ def _default_image_size(timm, model: nn.Module) -> int:
     return int(timm.data.resolve_data_config({}, model=model)["input_size"][-1])
 
 
-def _check_stride(model: nn.Module, layer: int, image_size: int, model_name: str) -> None:
+def _check_stride(model: nn.Module, layer: int, image_size: int, model_name: str, where: str) -> None:
     stride = int(model.feature_info[layer].get("reduction", 1))
     if image_size % stride:
         fit = max(stride, round(image_size / stride) * stride)
-        raise ConfigError(f"{WHERE}.image_size {image_size} is not a multiple of {stride}, the stride of timm's "
+        raise ConfigError(f"{where}.image_size {image_size} is not a multiple of {stride}, the stride of timm's "
                           f"{model_name} at layer {layer} (for a ViT: its patch size); use e.g. {fit}")
 
 
-def _dry_run(model: nn.Module, layer: int, image_size: int, model_name: str) -> torch.Tensor:
+def _dry_run(model: nn.Module, layer: int, image_size: int, model_name: str, where: str) -> torch.Tensor:
     """One forward pass of a meta-device model: the chosen layer's (1, C, h, w) grid, shapes only."""
     try:
         (grid,) = model.forward_intermediates(torch.empty(1, 3, image_size, image_size, device="meta"),
                                               indices=[layer], norm=True, intermediates_only=True, output_fmt="NCHW")
     except Exception as err:
-        raise ConfigError(f"{WHERE}.image_size: timm's {model_name} cannot take {image_size} px images "
+        raise ConfigError(f"{where}.image_size: timm's {model_name} cannot take {image_size} px images "
                           f"({_one_line(err)}); give the size it was built for, or one its strides divide") from err
     if grid.ndim != 4 or grid.shape[-1] * grid.shape[-2] == 0:
-        raise ConfigError(f"{WHERE}.image_size: {image_size} px leaves timm's {model_name} no feature grid at layer "
+        raise ConfigError(f"{where}.image_size: {image_size} px leaves timm's {model_name} no feature grid at layer "
                           f"{layer} (got {tuple(grid.shape)}); use a larger image_size")
     return grid
 
 
-def _square_side(img_size: int | Sequence[int] | None, label: str) -> int | None:
+def _square_side(img_size: int | Sequence[int] | None, label: str, where: str) -> int | None:
     """A folder's saved ``img_size`` (an int, or timm's [h, w]) as one side; unimm's images are square."""
     if img_size is None or isinstance(img_size, int):
         return img_size
     if len(img_size) == 2 and img_size[0] == img_size[1]:
         return int(img_size[0])
-    raise ConfigError(f"{WHERE}.image_size: {label} was saved for {list(img_size)} images, which are not square; "
+    raise ConfigError(f"{where}.image_size: {label} was saved for {list(img_size)} images, which are not square; "
                       "set image_size to the square side to build it at")
 
 
-def _channels(values: Sequence[float], key: str) -> tuple[float, float, float]:
+def _channels(values: Sequence[float], key: str, where: str) -> tuple[float, float, float]:
     if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{WHERE}.{key} must be three numbers (R, G, B), got {list(values)}")
+        raise ConfigError(f"{where}.{key} must be three numbers (R, G, B), got {list(values)}")
     return tuple(float(v) for v in values)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from torch import nn
 
 from ..registry import AUTOENCODERS, ConfigError, InputError
 from .autoencoder import ImageAutoencoder

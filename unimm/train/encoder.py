@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..encoders.base import PretrainableEncoder
 from ..registry import ENCODERS, ConfigError, to_plain
 from .optim import shuffled_batches, warmup_cosine
 
@@ -111,7 +112,7 @@ def pretrain_encoder(
         raise ConfigError("no labels given: each image needs the phrases that describe it")
     torch.manual_seed(seed)
     encoder = ENCODERS.build(slot, where="model.und_encoder")
-    if not (hasattr(encoder, "pooled") and hasattr(encoder, "save")):
+    if not isinstance(encoder, PretrainableEncoder):
         raise ConfigError(f"und_encoder type {slot.get('type')!r} cannot be pre-trained here: it needs a pooled "
                           "embedding and a save method (the 'siglip' encoder has both)")
     if images.shape[-1] != encoder.image_size:

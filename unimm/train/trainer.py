@@ -252,7 +252,7 @@ class Trainer:
         model.eval()
         try:
             with self.accelerator.autocast():
-                if spec["captions"] and getattr(model, "generator", None) is not None:
+                if spec["captions"] and model.generator is not None:
                     ids, mask = self.processor.generation_prompts(list(spec["captions"]))
                     images = model.generate_images(ids, mask, pad_id=self.processor.pad_id,
                                                    seed=int(self.settings["seed"]), **(spec["options"] or {}))
@@ -281,16 +281,14 @@ class Trainer:
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
     def _generation_image_size(self) -> int | None:
-        generator = getattr(self.model, "generator", None)
-        return getattr(generator, "image_size", None)
+        return self.model.generator.image_size if self.model.generator is not None else None
 
     def run_stage(self, index: int, stage: dict[str, Any], resume_from: Path | None = None) -> bool:
         """Train one stage (from a checkpoint of it if given). Returns False when ``stop_after`` ended the launch."""
         s, acc = self.settings, self.accelerator
         acc.free_memory()  # forget the previous stage's wrapped model and optimiser
         trainable = apply_stage(self.model, stage)
-        if hasattr(self.model, "backbone") and hasattr(self.model.backbone, "set_grad_checkpointing"):
-            self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
+        self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
         optimizer = build_optimizer(self.model, stage)
         scheduler = build_scheduler(optimizer, stage)
         wrapped, optimizer = acc.prepare(TaskLossModule(self.model), optimizer)
