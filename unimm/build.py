@@ -65,6 +65,7 @@ def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -
         inferred={"in_dim": encoder.out_dim, "out_dim": backbone.hidden_size},
     )
     _check_pairing(encoder, aligner)
+    _check_positions(backbone, encoder, generator)
     if generator is not None and cfg.get("sample"):
         generator.check_sample_options(to_plain(cfg.sample), where="sample.")
     return UnifiedModel(encoder, aligner, backbone, generator,
@@ -86,6 +87,20 @@ def _check_pairing(encoder, aligner) -> None:
             f"model.und_aligner: the {type(encoder).__name__} gives a {encoder.output_form} of token sequences but "
             f"the {type(aligner).__name__} reads a {aligner.input_form}; e.g. model.und_aligner=@parts/und_aligner/{fix}"
         )
+
+
+def _check_positions(backbone, encoder, generator) -> None:
+    """An image must fit in the backbone's positions, with room for a prompt: a size beyond fails here, naming it."""
+    limit = backbone.max_positions
+    if limit is None:
+        return
+    for slot, part, tokens in (("und_encoder", encoder, encoder.num_tokens),
+                               ("generator", generator, generator.num_image_tokens if generator else 0)):
+        if part is not None and tokens >= limit:
+            raise ConfigError(
+                f"model.{slot}.image_size = {part.image_size} gives {tokens} image tokens, but the backbone reads at "
+                f"most {limit} positions (max_position_embeddings) with the prompt; choose a smaller image size"
+            )
 
 
 def build_processor(cfg: DictConfig, model: UnifiedModel, tokenizer_path: str | Path | None = None) -> Processor:

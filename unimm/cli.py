@@ -89,8 +89,13 @@ def cmd_config_show(args: argparse.Namespace) -> None:
         print(f"#   total {count_parameters(model) / 1e9:.4f} B parameters")
 
 
+def _size_overrides(args: argparse.Namespace, slot: str) -> list[str]:
+    """``--image-size N`` as the override of ``slot``'s image size (``model.generator`` / ``model.und_encoder``)."""
+    return [f"{slot}.image_size={args.image_size}"] if args.image_size is not None else []
+
+
 def cmd_understand(args: argparse.Namespace) -> None:
-    model, processor, _ = _load(args.model, args.overrides)
+    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
     conversation = [
         {"role": "user", "content": f"<image_placeholder>\n{args.question}"},
         {"role": "assistant", "content": ""},
@@ -106,7 +111,7 @@ def cmd_understand(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_grid, save_images
 
-    model, processor, cfg = _load(args.model, args.overrides)
+    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
     options = _sample_options(model, cfg, args)
     captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
     prompt_ids, prompt_mask = processor.generation_prompts(captions)
@@ -183,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     und.add_argument("--image", required=True)
     und.add_argument("--question", required=True)
     und.add_argument("--max-new-tokens", type=int, default=256)
+    und.add_argument("--image-size", type=int, help="the understanding encoder's input size (default: the model's; "
+                     "position embeddings are resampled)")
     und.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     und.add_argument("--top-k", type=int)
     und.add_argument("--top-p", type=float)
@@ -197,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prefix", default="image")
     gen.add_argument("--grid", help="also write all images as one PNG grid here (a row per prompt)")
     gen.add_argument("--grid-scale", type=int, default=4, help="grid upscaling factor (nearest; default 4)")
+    gen.add_argument("--image-size", type=int, help="side of the generated images (default: the model's; a multiple "
+                     "of the tokenizer's downsampling, within the backbone's positions)")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 

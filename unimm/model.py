@@ -192,6 +192,12 @@ class UnifiedModel(nn.Module):
         """
         generator = self._require_generator()
         options = generator.check_sample_options(options)
+        limit = self.backbone.max_positions
+        if limit is not None and prompt_ids.shape[1] + generator.num_image_tokens > limit:
+            raise InputError(
+                f"the prompt ({prompt_ids.shape[1]} tokens) and the image ({generator.num_image_tokens} tokens) exceed "
+                f"the backbone's {limit} positions; shorten the prompt or generate smaller images"
+            )
         device = self.device
         rng = torch.Generator(device).manual_seed(seed) if seed is not None else None
         return generator.sample(self.backbone, prompt_ids.to(device), prompt_mask.to(device), pad_id=pad_id,

@@ -97,6 +97,9 @@ def load_pretrained(
     processor = build_processor(cfg, model)
     # Parts loaded from their own folder already hold their weights; a checkpoint may leave them out.
     external = tuple(f"{name}." for name, _, _ in folded_parts(model))
+    for name, module in model.named_modules():
+        if isinstance(module, UnderstandingEncoder):  # e.g. position embeddings saved at another image size
+            state = module.adapt_checkpoint(state, f"{name}.")
     load_into(model, state, source=source, ignore_missing=external)
     model.to(device=device, dtype=dtype).eval()
     return Pretrained(model, processor, cfg)

@@ -17,6 +17,7 @@ member                      meaning
 ``alignment_features(x)``   generation images (B, 3, H, W) in [-1, 1] -> (B, N, C) target features for REPA
 ``freeze(frozen)``          stop (or restart) gradients to every trainable parameter
 ``needs_generation_autoencoder``  (classmethod) whether a slot shares the generation path's autoencoder
+``adapt_checkpoint(s, p)``  fit a checkpoint to this encoder before loading (position embeddings at another size)
 ``folded_config()``         the slot arguments that rebuild it without the folder it was loaded from (or None)
 ``frozen_children``         names of submodules that stay frozen in training unless a stage names them
 ==========================  ==========================================================================================
@@ -96,6 +97,11 @@ class UnderstandingEncoder(nn.Module, ABC):
         dtype = next((p.dtype for p in self.parameters()), x.dtype)
         out = self(((x - mean) / std).to(dtype))
         return out[1] if self.output_form == "pair" else out
+
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Fit a checkpoint's tensors under ``prefix`` to this encoder before strict loading, e.g. resample position
+        embeddings saved at another image size; the default changes nothing."""
+        return state
 
     def folded_config(self) -> dict | None:
         """Slot arguments that rebuild this encoder without the folder it was loaded from (``path`` is dropped by

@@ -123,6 +123,18 @@ class SigLIPEncoder(UnderstandingEncoder):
         """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm."""
         return self.vit.forward_features(pixel_values)
 
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Position embeddings saved for another image size are resampled to this one (bicubic, timm's own
+        ``resample_abs_pos_embed``), so a model trained at 384 px can read 512 px images or be fine-tuned there."""
+        key = f"{prefix}vit.pos_embed"
+        saved = state.get(key)
+        if saved is None or saved.shape == self.vit.pos_embed.shape:
+            return state
+        from timm.layers import resample_abs_pos_embed
+
+        side = self.image_size // self.patch_size
+        return {**state, key: resample_abs_pos_embed(saved, new_size=[side, side], num_prefix_tokens=0)}
+
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, out_dim): one embedding per image from SigLIP's attention-pool ("MAP") head, the
         pooling its image-text pre-training uses (Janus keeps the head in the checkpoint but reads patch tokens)."""

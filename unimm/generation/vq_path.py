@@ -90,8 +90,8 @@ class VQGenerationPath(GenerationPath):
     def from_config(cls, kwargs: dict[str, Any], *, where: str) -> VQGenerationPath:
         """Build the tokenizer, then the aligner and head whose sizes follow from it, then the path."""
         image_size, hidden_size = kwargs.get("image_size", 384), kwargs["hidden_size"]
-        autoencoder = AUTOENCODERS.build(kwargs["autoencoder"], where=f"{where}.autoencoder",
-                                         inferred={"image_size": image_size})
+        # The tokenizer is convolutional: the path's image_size, not the tokenizer's nominal one, sets the grid.
+        autoencoder = AUTOENCODERS.build(kwargs["autoencoder"], where=f"{where}.autoencoder")
         _require_discrete(autoencoder, where)
         aligner = ALIGNERS.build(kwargs["aligner"], where=f"{where}.aligner",
                                  inferred={"in_dim": autoencoder.embed_dim, "out_dim": hidden_size})
