@@ -52,9 +52,12 @@ def test_registry_returns_the_class_so_a_shipped_part_can_be_subclassed():
 def test_a_part_that_breaks_its_contract_fails_naming_the_base_class():
     registry = Registry("aligner", contract="unimm.aligners.base:Aligner")
     registry.register("plain_linear")(lambda in_dim, out_dim: nn.Linear(in_dim, out_dim))
-    with pytest.raises(ConfigError, match=r"model.und_aligner.type: aligner 'plain_linear' built a Linear, which does "
+    with pytest.raises(ConfigError, match=r"model.und_aligner.type: aligner 'plain_linear' is a Linear, which does "
                                           r"not meet the aligner contract; make it a subclass of unimm.aligners.base.Aligner"):
         registry.build({"type": "plain_linear", "in_dim": 2, "out_dim": 3}, where="model.und_aligner")
+    registry.register("linear_class")(nn.Linear)  # a class is refused before it is built, and by check()
+    with pytest.raises(ConfigError, match=r"aligner 'linear_class' is a Linear, which does not meet"):
+        registry.check({"type": "linear_class", "in_features": 2}, where="model.und_aligner")
 
 
 # -- a third generation path, from the contract alone ------------------------------------------------------------

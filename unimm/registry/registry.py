@@ -125,6 +125,8 @@ class Registry:
                 or a config value that contradicts an inferred one.
         """
         builder, kwargs = self._checked(cfg, where, inferred, require=True)
+        if inspect.isclass(builder):  # a registered class is checked before anything is built
+            self._check_contract(builder, cfg, where)
         from_config = getattr(builder, "from_config", None) if inspect.isclass(builder) else None
         if from_config is None and "where" in inspect.signature(builder).parameters:
             kwargs["where"] = where
@@ -134,8 +136,8 @@ class Registry:
             part = from_config(kwargs, where=where, **extra)
         else:
             part = builder(**kwargs)
+        self._check_contract(type(part), cfg, where)  # what a builder function returned
         part.config_path = where  # where the part sits in the config: save_pretrained folds parts back there
-        self._check_contract(part, cfg, where)
         return part
 
     def contract_class(self) -> type | None:
@@ -147,12 +149,13 @@ class Registry:
         module, _, name = self.contract.partition(":")
         return getattr(importlib.import_module(module), name)
 
-    def _check_contract(self, part: Any, cfg: Any, where: str) -> None:
+    def _check_contract(self, part_class: type, cfg: Any, where: str) -> None:
+        """A part's class must subclass this kind's contract."""
         base = self.contract_class()
-        if base is not None and not isinstance(part, base):
+        if base is not None and not issubclass(part_class, base):
             name = to_plain(cfg).get("type")
             raise ConfigError(
-                f"{where}.type: {self.kind} '{name}' built a {type(part).__name__}, which does not meet the "
+                f"{where}.type: {self.kind} '{name}' is a {part_class.__name__}, which does not meet the "
                 f"{self.kind} contract; make it a subclass of {base.__module__}.{base.__name__}"
             )
 
@@ -165,6 +168,8 @@ class Registry:
             ConfigError: as :meth:`build`.
         """
         builder, kwargs = self._checked(cfg, where, None, require=False)
+        if inspect.isclass(builder):
+            self._check_contract(builder, cfg, where)
         # Composite parts name the registries of their children (``child_slots``): check those slots too.
         for key, registry in getattr(builder, "child_slots", {}).items():
             if isinstance(kwargs.get(key), dict):
