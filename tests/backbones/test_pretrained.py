@@ -59,7 +59,7 @@ def make_folder(folder: Path, family: str) -> Path:
     folder.mkdir(parents=True)
     if family == "gpt2":
         tokenizer = family_tokenizer(folder, family)
-        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=len(tokenizer),
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tokenizer),
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
     else:
         if family == "qwen2":
@@ -70,7 +70,7 @@ def make_folder(folder: Path, family: str) -> Path:
             tokenizer.save_pretrained(folder)
         config_class = LlamaConfig if family == "llama" else Qwen2Config
         config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, max_position_embeddings=64, vocab_size=len(tokenizer),
+                              num_key_value_heads=2, max_position_embeddings=128, vocab_size=len(tokenizer),
                               tie_word_embeddings=False)  # fmt: skip
     config.initializer_range = 0.3
     torch.manual_seed(1)
