@@ -10,6 +10,9 @@ registry           what it holds                                           confi
 ``AUTOENCODERS``   image autoencoders a generation path uses (VQ, VAE)     ``model.generator.autoencoder``
 ``HEADS``          output heads (the VQ image-token head)                  ``model.generator.head``
 =================  ======================================================  ==========================
+
+Parts of your own register into the same tables from your own modules: see :mod:`unimm.registry.plugins`
+(``imports:`` in a config, ``--import`` on the command line, the ``unimm.parts`` entry-point group).
 """
 
 from .errors import CheckpointError, ConfigError, InputError, UnimmError
