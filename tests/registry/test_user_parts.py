@@ -268,3 +268,27 @@ def test_a_saved_config_keeps_its_imports(tmp_path):
     unimm.save_pretrained(model, processor, cfg, tmp_path / "saved")
     assert saved_imports(tmp_path / "saved") == ["json"]
     assert list(unimm.load_pretrained(tmp_path / "saved").config.imports) == ["json"]
+
+
+def test_entry_points_load_once_before_the_first_lookup(monkeypatch):
+    from types import SimpleNamespace
+
+    from unimm.registry import ALIGNERS, plugins
+
+    loads = []
+    entry_point = SimpleNamespace(name="probe", value="probe_parts", dist=SimpleNamespace(name="probe-dist"),
+                                  load=lambda: loads.append(1))
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group: [entry_point] if group == plugins.ENTRY_POINT_GROUP else [])
+    assert "mlp_gelu" in ALIGNERS and ALIGNERS.get("linear") and ALIGNERS.names()
+    assert loads == [1]
+
+    def fail():
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    monkeypatch.setattr(entry_point, "load", fail)
+    with pytest.raises(ConfigError, match=r"^entry point 'probe = probe_parts' \(group unimm.parts\) of the installed "
+                                          r"package 'probe-dist' failed to load \(RuntimeError: boom\); "):
+        ALIGNERS.get("linear")
