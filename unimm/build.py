@@ -20,6 +20,7 @@ from .config import load_config
 from .model import UnifiedModel
 from .processor import Processor, load_tokenizer
 from .registry import ALIGNERS, BACKBONES, ENCODERS, GENERATORS, ConfigError, Registry, to_plain
+from .registry.plugins import import_config_modules
 
 SLOTS: dict[str, Registry] = {
     "und_encoder": ENCODERS,
@@ -40,6 +41,10 @@ def build_model(cfg: DictConfig | dict | str, overrides: tuple[str, ...] = ()) -
     """Build the model a config describes (random weights). Use ``with torch.device("meta"):`` for big ones."""
     if not isinstance(cfg, DictConfig):
         cfg = load_config(cfg, overrides)
+    import_config_modules(cfg)  # a config made in code has not been through load_config
+    if cfg.get("model") is None:
+        raise ConfigError("the config has no 'model' section; add one, or load its train.init_from folder with "
+                          "unimm.load_pretrained")
     model_cfg = to_plain(cfg.model)
     check_slots(model_cfg)
     backbone = BACKBONES.build(model_cfg["backbone"], where="model.backbone")

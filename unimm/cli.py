@@ -10,6 +10,9 @@
     unimm bench evaluate [--model M] DATA        score a model on an exported split
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
 
+``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
+the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
+
 ``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm); without it
 the small shapes model shipped in the package is used (:data:`unimm.pretrained.DEFAULT_MODEL`).
 """
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 from .registry import UnimmError
+from .registry.plugins import import_modules, record_imports
 
 
 def _load(model: str | None, overrides: list[str]):
@@ -77,6 +81,7 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     from .config import load_config, to_yaml
 
     cfg = load_config(args.config, args.overrides)
+    record_imports(cfg, args.imports)
     print(to_yaml(cfg), end="")
     if not args.no_build:
         with torch.device("meta"):
@@ -127,6 +132,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .pretrained import save_pretrained
 
     model, processor, cfg = _load(args.src, args.overrides)
+    record_imports(cfg, args.imports)  # the converted folder imports them again when loaded
     print(save_pretrained(model, processor, cfg, args.dst))
 
 
@@ -135,7 +141,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import train_main
 
     overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
-    train_main(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    record_imports(cfg, args.imports)  # the trained model imports them again when loaded
+    train_main(cfg)
 
 
 def cmd_bench_evaluate(args: argparse.Namespace) -> None:
@@ -160,13 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="list every registered part").set_defaults(func=cmd_list)
+    def import_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import this module of yours first, so the parts it registers can be used "
+                       "(repeatable; the current folder is importable)")
+
+    listing = sub.add_parser("list", help="list every registered part")
+    import_args(listing)
+    listing.set_defaults(func=cmd_list)
 
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config and what it builds")
     show.add_argument("config", help="a YAML path or a shipped config name (janus_pro_1b, janus_tiny, ...)")
     show.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.generator.type=rectified_flow")
     show.add_argument("--no-build", action="store_true", help="only print the config")
+    import_args(show)
     show.set_defaults(func=cmd_config_show)
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -175,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override applied before building (repeatable)")
         p.add_argument("--seed", type=int, default=0)
+        import_args(p)
 
     def sample_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the model's)")
@@ -213,12 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("src")
     conv.add_argument("dst")
     conv.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    import_args(conv)
     conv.set_defaults(func=cmd_convert)
 
     train = sub.add_parser("train", help="train a config (see docs/training.md)")
     train.add_argument("--config", required=True)
     train.add_argument("overrides", nargs="*")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    import_args(train)
     train.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="synthetic shapes benchmark").add_subparsers(dest="action", required=True)
@@ -255,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return reproduce_main(argv[1:])
         args = build_parser().parse_args(argv)
+        import_modules(getattr(args, "imports", []), where="--import")
         return int(args.func(args) or 0)
     except UnimmError as err:
         print(f"unimm: error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 A config has fixed top-level sections::
 
     name: janus-1.3b                  # free text
+    imports: [my_parts]               # optional: your modules that register parts (unimm.registry.plugins)
     model:                            # one slot per part of the released checkpoints
       und_encoder: {type: siglip, ...}
       und_aligner: {type: mlp_gelu, depth: 2}
@@ -27,9 +28,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .registry import ConfigError
+from .registry.plugins import import_config_modules
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-TOP_LEVEL_KEYS = ("name", "model", "processor", "train", "sample")
+TOP_LEVEL_KEYS = ("name", "model", "processor", "train", "sample", "imports")
 MODEL_KEYS = ("und_encoder", "und_aligner", "backbone", "generator", "und_start_embed")
 PROCESSOR_KEYS = (
     "tokenizer", "roles", "system_prompt", "image_tag", "image_start_tag", "image_end_tag", "pad_tag",
@@ -68,6 +70,7 @@ def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[st
         raise ConfigError(f"{name_or_path}: a config must be a mapping at the top level")
     cfg = apply_overrides(cfg, overrides)
     validate_sections(cfg)
+    import_config_modules(cfg)  # the user modules its parts come from, before anything looks a part up
     _resolve_paths(cfg, base)
     return cfg
 
@@ -118,7 +121,11 @@ def validate_sections(cfg: DictConfig) -> None:
         if key not in TOP_LEVEL_KEYS:
             raise _unknown("", str(key), TOP_LEVEL_KEYS)
     if "model" not in cfg:
-        raise ConfigError("the config has no 'model' section")
+        if OmegaConf.select(cfg, "train.init_from"):
+            return  # a fine-tuning recipe: the model folder's own config gives model and processor (unimm.train)
+        raise ConfigError(
+            "the config has no 'model' section; add one, or fine-tune a model folder with train.init_from=FOLDER"
+        )
     for key in cfg.model:
         if key not in MODEL_KEYS:
             raise _unknown("model.", str(key), MODEL_KEYS)

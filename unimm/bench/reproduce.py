@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..images import save_grid
 from ..registry import ConfigError
+from ..registry.plugins import import_modules
 
 logger = logging.getLogger(__name__)
 
@@ -495,11 +496,15 @@ def build_parser(prog: str = "unimm reproduce") -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override the experiments file, e.g. budget.steps=200 data.train=500")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import this module of yours first, so the experiments can use the parts it registers "
+                   "(repeatable; to load the saved runs later, name it in the configs' imports: instead)")
     return p
 
 
 def reproduce_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import_modules(args.imports, where="--import")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,6 +15,9 @@ Each registry names its contract (``unimm.encoders.base.UnderstandingEncoder``, 
 ``unimm.backbones.base.Backbone``, ``unimm.generation.base.GenerationPath``,
 ``unimm.generation.autoencoder.ImageAutoencoder``, ``unimm.heads.base.ImageHead``): every part it builds is an
 instance of that base class, and the rest of the library reads only the members the contract documents.
+
+Parts of your own register into the same tables from your own modules: see :mod:`unimm.registry.plugins`
+(``imports:`` in a config, ``--import`` on the command line, the ``unimm.parts`` entry-point group).
 """
 
 from .errors import CheckpointError, ConfigError, InputError, UnimmError

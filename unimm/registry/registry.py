@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import plugins
 from .errors import ConfigError
 
 
@@ -57,12 +59,22 @@ class Registry:
 
     # -- registration -------------------------------------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable:
-        """Decorator that registers a class or builder function under ``name`` (and ``aliases``)."""
+        """Decorator that registers a class or builder function under ``name`` (and ``aliases``).
+
+        Raises:
+            ConfigError: the name or an alias is taken by another class (registering the same class again, as
+                when its module is imported a second time, is fine).
+        """
 
         def decorator(builder: Callable) -> Callable:
             for key in (name, *aliases):
-                if key in self._builders or key in self._aliases:
-                    raise ValueError(f"{self.kind} '{key}' is registered twice")
+                taken = self._builders.get(self._aliases.get(key, key))
+                if taken is not None and _definition(taken) != _definition(builder):
+                    raise ConfigError(
+                        f"{self.kind} '{key}' is registered twice: {_dotted(taken)} has it, so "
+                        f"{_dotted(builder)} cannot take it; register yours under another name"
+                    )
+            # The same class again (its module imported under a second name, or reloaded): the newest wins.
             self._builders[name] = builder
             for alias in aliases:
                 self._aliases[alias] = name
@@ -73,9 +85,11 @@ class Registry:
     # -- lookup -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Registered names, sorted (aliases not included)."""
+        plugins.load_entry_points()
         return sorted(self._builders)
 
     def __contains__(self, name: str) -> bool:
+        plugins.load_entry_points()
         return name in self._builders or name in self._aliases
 
     def get(self, name: str, *, where: str = "") -> Callable[..., Any]:
@@ -84,6 +98,7 @@ class Registry:
         Raises:
             ConfigError: naming ``where`` in the config, the closest registered name and all choices.
         """
+        plugins.load_entry_points()  # installed packages' parts (group unimm.parts), once
         if not isinstance(name, str):
             raise ConfigError(f"{where or self.kind}.type must be a string naming a {self.kind}, got {name!r}")
         canonical = self._aliases.get(name, name)
@@ -261,6 +276,17 @@ def build_child(
     part = builder(**kwargs)
     part.config_path = where
     return part
+
+
+def _definition(builder: Callable) -> tuple[str, str]:
+    """(source file or module, qualified name) of a builder: equal for one class imported under two module names."""
+    module = sys.modules.get(getattr(builder, "__module__", ""))
+    where = getattr(module, "__file__", None) or getattr(builder, "__module__", "?")
+    return str(where), getattr(builder, "__qualname__", repr(builder))
+
+
+def _dotted(builder: Callable) -> str:
+    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
 
 
 def _parameters(builder: Callable) -> dict[str, inspect.Parameter]:

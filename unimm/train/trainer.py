@@ -117,6 +117,25 @@ def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def finetune_config(recipe: DictConfig, folder_cfg: DictConfig, init_from: str | Path) -> DictConfig:
+    """The config of a run that starts from a model folder: the folder's model, processor and sampling sections
+    with the recipe's ``train`` section, and the modules both import.
+
+    So a fine-tuning recipe can be only ``train:`` (plus data); ``folder_cfg`` is the folder's own ``config.yaml``
+    or, for a released folder, :func:`unimm.pretrained.released_config`. A model section in the recipe does not
+    change the loaded model (a warning says so when it differs from the folder's).
+    """
+    from ..registry.plugins import module_names, record_imports
+
+    if recipe.get("model") is not None and to_plain(recipe.model) != to_plain(folder_cfg.model):
+        logger.warning("train.init_from=%s: the model comes from that folder; the config's model section is not "
+                       "used (drop it, or drop init_from to build the model from it)", init_from)
+    cfg = folder_cfg.copy()
+    cfg.train = recipe.get("train")  # replaced, not merged: the folder's own training run is not this one
+    record_imports(cfg, module_names(recipe.get("imports")))
+    return cfg
+
+
 class TaskLossModule(nn.Module):
     """Routes a task batch to the model's loss through ``forward``, which DDP and FSDP need to see.
 
@@ -195,7 +214,7 @@ class Trainer:
             from ..pretrained import load_pretrained
 
             loaded = load_pretrained(init_from)
-            self.cfg = OmegaConf.merge(loaded.config, {"train": self.cfg.get("train")})
+            self.cfg = finetune_config(self.cfg, loaded.config, init_from)
             return loaded.model.float(), processor or loaded.processor
         from ..build import build_model, build_processor
 
