@@ -51,7 +51,8 @@ def test_shipped_recipes_pass_once_their_manifests_exist(path, tmp_path, monkeyp
          r"train\.stages\[stage1\]\.lr = '1e-3': expected a number > 0"),
         ({"samples": {"questions": [{"question": "what?", "image": "nowhere.png"}]}},
          r"train\.samples\.questions\[0\]\.image: no file nowhere\.png"),
-        ({"samples": {"max_new_token": 3}}, r"train\.samples\.max_new_token: unknown key\. Did you mean 'max_new_tokens'"),
+        ({"samples": {"max_new_token": 3}},
+         r"train\.samples\.max_new_token: unknown key\. Did you mean 'max_new_tokens'"),
     ],
     ids=["grad-norm", "steps", "mixture", "missing-lr", "string-lr", "question-image", "samples-key"],
 )  # fmt: skip

@@ -144,7 +144,8 @@ def _rejection_message(err: Exception, config_class: type, model_type: str, fiel
     if field is not None and field not in fields and aliases.get(field) in fields:
         field = aliases[field]  # the user wrote the common name (hidden_size) for the family's field (n_embd)
     location = f"{where}.{field}" if field else where
-    return f"{location}: transformers' {model_type} config rejects it: {reason} Change it to a value {config_class.__name__} accepts."
+    fix = f"Change it to a value {config_class.__name__} accepts."
+    return f"{location}: transformers' {model_type} config rejects it: {reason} {fix}"
 
 
 class CausalLMBackbone(nn.Module):
