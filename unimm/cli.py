@@ -100,12 +100,16 @@ def _size_overrides(args: argparse.Namespace, slot: str) -> list[str]:
 
 
 def cmd_understand(args: argparse.Namespace) -> None:
+    from .encoders.transforms import load_image
+
+    check_args(args)
+    image = load_image(args.image)  # a missing or unreadable file fails before the model is loaded
     model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
     conversation = [
         {"role": "user", "content": f"<image_placeholder>\n{args.question}"},
         {"role": "assistant", "content": ""},
     ]
-    batch = processor(conversation, [args.image])
+    batch = processor(conversation, [image])
     tokens = model.generate_text(
         batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, eos_id=processor.eos_id, pad_id=processor.pad_id,
@@ -116,6 +120,7 @@ def cmd_understand(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_grid, save_images
 
+    check_args(args)
     model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
     options = _sample_options(model, cfg, args)
     captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
@@ -151,6 +156,7 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
 
     from .bench.evaluate import evaluate_model, format_summary, write_summary
 
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, processor, cfg = _load(args.model, args.overrides)
@@ -162,6 +168,54 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
     print(format_summary(result))
     if args.json:
         write_summary(result, args.json)
+
+
+#: Numeric options and the least value each accepts (``None`` on the command line means "not given").
+_AT_LEAST = {"num_images": 1, "max_new_tokens": 1, "grid_scale": 1, "max_prompts": 1, "max_questions": 1,
+             "threads": 1, "seed": 0}
+#: Text sampling (``understand``); image sampling flags are checked against the generation path's declared options.
+_TEXT_AT_LEAST = {"top_k": 1, "temperature": 0}
+_MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed (negatives wrap around)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check a command's options before any model is loaded: ranges, and the files it will read or write.
+
+    Raises:
+        InputError: naming the option (``--num-images``) and what it accepts.
+    """
+    from .registry import InputError
+
+    text_sampling = args.command == "understand"
+    for name, least in {**_AT_LEAST, **(_TEXT_AT_LEAST if text_sampling else {})}.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise InputError(f"--{name.replace('_', '-')} = {value}: must be at least {least}")
+    if getattr(args, "seed", None) is not None and args.seed > _MAX_SEED:
+        raise InputError(f"--seed = {args.seed}: must be at most 2**64 - 1 = {_MAX_SEED}")
+    top_p = getattr(args, "top_p", None) if text_sampling else None
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"--top-p = {top_p}: must be in (0, 1] (the share of probability mass to sample from)")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; give a folder for the images (it is created)")
+    grid = getattr(args, "grid", None)
+    if grid is not None:
+        _check_image_file_name(Path(grid), "--grid")
+
+
+def _check_image_file_name(path: Path, option: str) -> None:
+    """``path`` can be written as an image: not a folder, an image extension PIL knows (its folder is created)."""
+    from PIL import Image
+
+    from .registry import InputError
+
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'grid.png'}")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise InputError(f"{option} {path}: unknown image extension {path.suffix!r}; use .png or .jpg")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{option} {path}: {path.parent} is a file, not a folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +333,37 @@ def main(argv: list[str] | None = None) -> int:
     except UnimmError as err:
         print(f"unimm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("unimm: interrupted", file=sys.stderr)
+        return 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+    except _user_errors() as err:
+        print(f"unimm: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that come from what the user gave (a file, an image, a config value), not from a bug in unimm.
+
+    File errors name the user's path; PIL's unreadable-image error, omegaconf's errors (a bad interpolation, a
+    value omegaconf cannot store) and YAML syntax errors come from the user's files and overrides. Anything else
+    still shows its traceback: it is a bug to report.
+    """
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+    from PIL import UnidentifiedImageError
+
+    files = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+    return (*files, UnidentifiedImageError, OmegaConfBaseException, yaml.YAMLError)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: a file error as 'reason: path', omegaconf's with the config key it is about."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    key = getattr(err, "full_key", None)
+    return f"{key}: {text}" if key else text
 
 
 if __name__ == "__main__":

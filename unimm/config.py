@@ -31,6 +31,8 @@ from .registry import ConfigError
 from .registry.plugins import import_config_modules
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: Tokenizers shipped inside the package, named in ``processor.tokenizer`` by folder name (``tiny``).
+BUNDLED_TOKENIZERS = Path(__file__).resolve().parent / "assets" / "tokenizers"
 TOP_LEVEL_KEYS = ("name", "model", "processor", "train", "sample", "imports")
 MODEL_KEYS = ("und_encoder", "und_aligner", "backbone", "generator", "und_start_embed")
 PROCESSOR_KEYS = (
@@ -48,10 +50,33 @@ def find_config(name_or_path: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    match = difflib.get_close_matches(str(name_or_path), shipped, n=1)
+    raise ConfigError(f"no config file '{name_or_path}'.{_closest_config(str(name_or_path))}")
+
+
+def _closest_config(name: str) -> str:
+    """' Did you mean ...?' among every shipped config, sub-folders included (``parts/backbone/llama_tiny``), then
+    the shipped configs of the folder meant."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    shipped = sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+    match = difflib.get_close_matches(stem, shipped, n=1)
+    folder = Path(match[0] if match else stem).parent.as_posix()
+    siblings = [Path(p).name for p in shipped if Path(p).parent.as_posix() == folder]
     hint = f" Did you mean '{match[0]}'?" if match else ""
-    raise ConfigError(f"no config file '{name_or_path}'.{hint} Shipped configs: {', '.join(shipped)}")
+    where = "Shipped configs" if folder == "." else f"Shipped in configs/{folder}"
+    return f"{hint} {where}: {', '.join(siblings)}" if siblings else hint
+
+
+def _read_yaml(path: Path) -> Any:
+    """``OmegaConf.load(path)``, with YAML syntax errors as one ConfigError naming the file and line."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line} is not valid YAML ({problem}); fix the file's syntax") from None
 
 
 def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -64,7 +89,7 @@ def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[st
         base = Path.cwd()
     else:
         path = find_config(name_or_path)
-        cfg = OmegaConf.load(path)
+        cfg = _read_yaml(path)
         base = path.parent
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{name_or_path}: a config must be a mapping at the top level")
@@ -72,6 +97,7 @@ def load_config(name_or_path: str | Path | dict, overrides: list[str] | tuple[st
     validate_sections(cfg)
     import_config_modules(cfg)  # the user modules its parts come from, before anything looks a part up
     _resolve_paths(cfg, base)
+    check_tokenizer_folder(cfg)
     return cfg
 
 
@@ -86,7 +112,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}': '{key}' is not a dotted key (e.g. model.backbone.num_hidden_layers=4)")
         if raw.startswith("@"):
-            value = OmegaConf.to_container(OmegaConf.load(find_config(raw[1:])), resolve=True)
+            value = OmegaConf.to_container(_read_yaml(find_config(raw[1:])), resolve=True)
             OmegaConf.update(cfg, key, value, merge=False)
             continue
         try:
@@ -135,6 +161,71 @@ def validate_sections(cfg: DictConfig) -> None:
     for key in cfg.get("processor") or {}:
         if key not in PROCESSOR_KEYS:
             raise _unknown("processor.", str(key), PROCESSOR_KEYS)
+    check_processor_values(cfg.get("processor") or {})
+
+
+_PROCESSOR_TAGS = ("image_tag", "image_start_tag", "image_end_tag", "pad_tag", "generation_tag")
+
+
+def check_processor_values(section: Any) -> None:
+    """Check the values of the ``processor`` section (its keys are checked by :func:`validate_sections`).
+
+    ``roles`` is two different non-empty strings (user, assistant); each tag is a non-empty string, and the image
+    placeholder, the image start and end tags and the pad tag are four different tokens; ``system_prompt`` and
+    ``tokenizer`` are strings; ``max_length`` is a positive integer or null.
+    """
+    values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    roles = values.get("roles")
+    if roles is not None and not (
+        isinstance(roles, (list, tuple)) and len(roles) == 2 and all(isinstance(r, str) and r for r in roles)
+        and roles[0] != roles[1]
+    ):
+        raise ConfigError(
+            f"processor.roles = {roles!r}: give two different role names, user then assistant, e.g. "
+            f"['<|User|>', '<|Assistant|>']"
+        )
+    for key in _PROCESSOR_TAGS:
+        if key in values and not (isinstance(values[key], str) and values[key]):
+            raise ConfigError(f"processor.{key} = {values[key]!r}: must be a non-empty string (a special token)")
+    for key in ("system_prompt", "tokenizer"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise ConfigError(f"processor.{key} = {values[key]!r}: must be a string")
+    length = values.get("max_length")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+        raise ConfigError(f"processor.max_length = {length!r}: must be a positive integer (tokens) or null")
+    defaults = {"image_tag": "<image_placeholder>", "image_start_tag": "<begin_of_image>",
+                "image_end_tag": "<end_of_image>", "pad_tag": "<｜▁pad▁｜>"}  # Processor's defaults
+    seen: dict[str, str] = {}  # tag -> the key that set it
+    for key, default in defaults.items():
+        tag = values.get(key) or default
+        if tag in seen:
+            raise ConfigError(
+                f"processor.{key} = {tag!r} is also processor.{seen[tag]}: the image placeholder, image start and "
+                f"end tags and the pad tag must be four different tokens"
+            )
+        seen[tag] = key
+
+
+def check_tokenizer_folder(cfg: DictConfig) -> None:
+    """``processor.tokenizer``, when given, is a folder of tokenizer files or the name of a bundled tokenizer."""
+    value = (cfg.get("processor") or {}).get("tokenizer")
+    if value is None:
+        return
+    folder = Path(value)
+    if not folder.exists() and (BUNDLED_TOKENIZERS / value).is_dir():  # as load_tokenizer reads it
+        return
+    if not folder.is_dir():
+        bundled = sorted(p.name for p in BUNDLED_TOKENIZERS.iterdir() if p.is_dir())
+        raise ConfigError(
+            f"processor.tokenizer = {value!r}: no such folder; give a folder with tokenizer.json or "
+            f"tokenizer_config.json (relative paths are read from the config file's folder), or a bundled "
+            f"tokenizer: {', '.join(bundled)}"
+        )
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ConfigError(
+            f"processor.tokenizer = {value!r}: the folder has no tokenizer.json or tokenizer_config.json; point it "
+            f"at the folder a tokenizer's save_pretrained() wrote"
+        )
 
 
 def _resolve_paths(cfg: DictConfig, base: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .config import BUNDLED_TOKENIZERS
 from .registry import ConfigError, InputError
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -33,9 +34,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "provides, and assist the user with a variety of tasks using natural language."
 )
 IGNORE_INDEX = -100
-#: Tokenizers shipped inside the package: ``tiny`` is the small byte-level BPE of the golden test models, with the
-#: released special tokens.
-BUNDLED_TOKENIZERS = Path(__file__).parent / "assets" / "tokenizers"
 
 def load_tokenizer(path: str | Path):
     """Load the tokenizer files in ``path`` (or a bundled tokenizer name, e.g. ``tiny``) with transformers.
@@ -102,7 +100,14 @@ class Processor:
         self.generation_tag = generation_tag
         self.learned_image_start = learned_image_start
         self.max_length = max_length
-        self.sep, self.sep2 = "\n\n", tokenizer.eos_token or "<｜end▁of▁sentence｜>"
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(
+                "processor.tokenizer: the tokenizer has no end-of-sentence token, which ends every answer; add one "
+                "and save it again, e.g. tokenizer.add_special_tokens({'eos_token': '</s>'}); "
+                "tokenizer.save_pretrained(FOLDER)"
+            )
+        # A family without a pad token (gpt2) gets pad_tag as a new special token below, like the image tags.
+        self.sep, self.sep2 = "\n\n", tokenizer.eos_token
         self._ensure_special_tokens([image_tag, image_start_tag, image_end_tag, generation_tag, pad_tag])
         self.image_id = self.token_id(image_tag)
         self.image_start_id = self.token_id(image_start_tag)

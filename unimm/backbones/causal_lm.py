@@ -35,6 +35,7 @@ The backbone contract: what the unified model and the generation paths use, and 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +68,111 @@ def _config_class(model_type: str, where: str):
     return CONFIG_MAPPING[model_type]
 
 
-def _check_fields(model_type: str, fields: dict[str, Any], where: str) -> None:
-    """Reject fields that ``model_type``'s config class does not define, suggesting the closest one."""
+def _check_fields(model_type: str, fields: dict[str, Any], where: str) -> tuple[type, dict[str, Any]]:
+    """Reject fields that ``model_type``'s config class does not define, suggesting the closest one.
+
+    Returns:
+        The config class and its default fields.
+    """
     config_class = _config_class(model_type, where)
     # to_dict() names the family's own fields; attribute_map adds the common aliases (hidden_size for gpt2's n_embd)
-    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | _ALWAYS_ALLOWED
+    defaults = config_class().to_dict()
+    known = set(defaults) | set(getattr(config_class, "attribute_map", {})) | _ALWAYS_ALLOWED
     for key in fields:
         if key not in known:
             match = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean '{match[0]}'?" if match else ""
             raise ConfigError(f"{where}.{key}: not a field of transformers' {model_type} config.{hint}")
+    return config_class, defaults
 
 
 def _hf_config(model_type: str, fields: dict[str, Any], where: str):
     """Build a transformers config for ``model_type``, rejecting fields its config class does not define."""
     from transformers import AutoConfig
 
-    _check_fields(model_type, fields, where)
+    config_class, defaults = _check_fields(model_type, fields, where)
     fields = {k: v for k, v in fields.items() if k not in _ALWAYS_ALLOWED}
-    return AutoConfig.for_model(model_type, **fields)
+    _check_architecture(config_class, defaults, fields, where)
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except _config_rejections() as err:  # transformers' own validation of types and of its cross-field rules
+        raise ConfigError(_rejection_message(err, config_class, model_type, fields, where)) from None
+
+
+#: The architecture sizes every causal-LM family has, under their common names (a family's own names for them,
+#: such as gpt2's ``n_embd``, come from its config class's ``attribute_map``). Each must be a positive integer.
+_POSITIVE_SIZES = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "vocab_size", "max_position_embeddings",
+)
+
+
+def _check_architecture(config_class: type, defaults: dict[str, Any], fields: dict[str, Any], where: str) -> None:
+    """The checks transformers lacks (it builds a model with 0 heads or a negative width, then fails deep inside).
+
+    Sizes must be positive integers, the attention heads must split into whole key/value groups and, unless the
+    head size is given, the width into whole heads; the pad id must be a row of the embedding table. Other fields'
+    types are left to transformers' own field validation (see :func:`_rejection_message`).
+    """
+    aliases = getattr(config_class, "attribute_map", {}) or {}
+    key_of = {common: common if common in fields else aliases.get(common, common) for common in _POSITIVE_SIZES}
+    given = {common: fields[key] for common, key in key_of.items() if key in fields}
+
+    def name(common: str) -> str:  # the key as the user wrote it (hidden_size or gpt2's n_embd)
+        return f"{where}.{key_of[common]}"
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for common, value in given.items():
+        if value is not None and (not is_int(value) or value < 1):  # an alias (gpt2's hidden_size) has no type check
+            raise ConfigError(f"{name(common)} = {value!r}: must be a positive integer")
+    value = {c: given.get(c, defaults.get(key_of[c])) for c in _POSITIVE_SIZES}
+    heads, width = value["num_attention_heads"], value["hidden_size"]
+    kv_heads = given.get("num_key_value_heads")  # the default follows the number of heads
+    if is_int(heads) and is_int(kv_heads) and heads % kv_heads:
+        raise ConfigError(
+            f"{name('num_key_value_heads')} = {kv_heads} does not divide {name('num_attention_heads')} = {heads}: "
+            f"each key/value head serves a whole group of query heads; use a divisor of {heads}"
+        )
+    if given.get("head_dim") is None and is_int(heads) and is_int(width) and width % heads:
+        raise ConfigError(
+            f"{name('hidden_size')} = {width} is not a multiple of {name('num_attention_heads')} = {heads}: "
+            f"the width is split into equal heads; change one of them (e.g. {heads * max(1, round(width / heads))})"
+        )
+    pad, vocab = fields.get("pad_token_id", defaults.get("pad_token_id")), value["vocab_size"]
+    if is_int(pad) and is_int(vocab) and not 0 <= pad < vocab:
+        raise ConfigError(
+            f"{where}.pad_token_id = {pad} is not a row of the embedding table ({name('vocab_size')} = {vocab}); "
+            f"set it between 0 and {vocab - 1}, or to null"
+        )
+
+
+def _config_rejections() -> tuple[type[Exception], ...]:
+    """The errors by which a transformers config class refuses values (its strict-dataclass field and class
+    validators, or a plain ValueError / TypeError in families without them)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub without strict dataclasses
+        return (ValueError, TypeError)
+    return (StrictDataclassError, ValueError, TypeError)
+
+
+def _rejection_message(err: Exception, config_class: type, model_type: str, fields: dict[str, Any], where: str) -> str:
+    """One line naming the field transformers rejected (``Validation error for field 'x'``) and its reason."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(err).__name__
+    match = re.search(r"field '(\w+)'", lines[0] if lines else "")
+    field = match.group(1) if match else None
+    if field is None:  # a check across fields: name the first field the reason mentions ("The hidden size ...")
+        spoken = reason.lower().replace(" ", "_")
+        field = next((key for key in fields if key.lower() in spoken), None)
+    aliases = {family: common for common, family in (getattr(config_class, "attribute_map", {}) or {}).items()}
+    if field is not None and field not in fields and aliases.get(field) in fields:
+        field = aliases[field]  # the user wrote the common name (hidden_size) for the family's field (n_embd)
+    location = f"{where}.{field}" if field else where
+    fix = f"Change it to a value {config_class.__name__} accepts."
+    return f"{location}: transformers' {model_type} config rejects it: {reason} {fix}"
 
 
 def _check_causal_lm(hf_config, where: str, source: str) -> None:

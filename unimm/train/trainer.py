@@ -38,6 +38,7 @@ from ..registry import ConfigError, to_plain
 from .checkpointing import load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
 from .freeze import apply_stage, count_parameters, frozen_parts_to_eval
 from .optim import build_optimizer, build_scheduler
+from .schema import check_train_section
 
 logger = logging.getLogger(__name__)
 
@@ -63,43 +64,24 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "data": {"sources": {}, "max_length": None, "num_threads": 4},
     "stages": [],
 }
-STAGE_KEYS = (
-    "name", "steps", "trainable", "frozen", "mixture", "lr", "lr_scale", "weight_decay", "betas", "eps",
-    "warmup_steps", "schedule", "min_lr_ratio",
-)
-DATA_KEYS = ("sources", "max_length", "num_threads")
-
-
-def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
-    for key in section:
-        if key not in allowed:
-            match = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" Did you mean '{match[0]}'?" if match else ""
-            raise ConfigError(f"{where}.{key}: unknown key.{hint} Valid keys: {', '.join(allowed)}")
 
 
 def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """``cfg.train`` merged over :data:`TRAIN_DEFAULTS` and checked (unknown keys, stages, mixtures)."""
+    """``cfg.train`` checked against :data:`~unimm.train.schema.TRAIN_SCHEMA` (keys, types, ranges, files), then
+    merged over :data:`TRAIN_DEFAULTS`; stage mixtures and ``only_stages`` must name defined sources and stages."""
     raw = to_plain(cfg.get("train") or {}) if not isinstance(cfg, DictConfig) else (
         OmegaConf.to_container(cfg.get("train") or OmegaConf.create({}), resolve=True))
-    _check_keys(raw, list(TRAIN_DEFAULTS), "train")
+    check_train_section(raw)
+    if not raw.get("stages"):
+        raise ConfigError("train.stages is empty: give at least one stage with steps, trainable, mixture and lr")
     settings = {**TRAIN_DEFAULTS, **raw}
     settings["samples"] = {**TRAIN_DEFAULTS["samples"], **(raw.get("samples") or {})}
     settings["data"] = {**TRAIN_DEFAULTS["data"], **(raw.get("data") or {})}
-    _check_keys(settings["data"], DATA_KEYS, "train.data")
     stages = settings["stages"]
-    if not stages:
-        raise ConfigError("train.stages is empty: give at least one stage with steps, trainable, mixture and lr")
     sources = settings["data"]["sources"] or {}
     for i, stage in enumerate(stages):
         name = stage.setdefault("name", f"stage{i + 1}")
         where = f"train.stages[{name}]"
-        _check_keys(stage, STAGE_KEYS, where)
-        for key in ("steps", "trainable", "mixture", "lr"):
-            if key not in stage:
-                raise ConfigError(f"{where}: missing '{key}'")
-        if not isinstance(stage["steps"], int) or stage["steps"] < 1:
-            raise ConfigError(f"{where}.steps must be a positive integer, got {stage['steps']!r}")
         for source in stage["mixture"]:
             if source not in sources:
                 match = difflib.get_close_matches(source, list(sources), n=1)
@@ -112,8 +94,6 @@ def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     for name in settings["only_stages"] or []:
         if name not in names:
             raise ConfigError(f"train.only_stages: no stage '{name}'; stages: {', '.join(names)}")
-    if int(settings["grad_accum"]) < 1 or int(settings["batch_size"]) < 1:
-        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
     return settings
 
 
