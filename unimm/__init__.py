@@ -3,16 +3,13 @@
     import unimm
     model, processor, cfg = unimm.load_pretrained("path/to/Janus-Pro-1B")      # released or unimm folder
     model = unimm.build_model("janus_pro_1b", overrides=["model.backbone.num_hidden_layers=2"])
+
+The names below are imported on first use (``import unimm`` alone imports no torch).
 """
 
-__version__ = "0.1.0"
+from ._lazy import lazy_exports
 
-from .build import build_model, build_processor, count_parameters
-from .config import load_config
-from .model import UnifiedModel
-from .pretrained import Pretrained, load_pretrained, save_pretrained
-from .processor import Processor
-from .registry import ALL_REGISTRIES, CheckpointError, ConfigError, InputError
+__version__ = "0.1.0"
 
 __all__ = [
     "ALL_REGISTRIES",
@@ -29,3 +26,13 @@ __all__ = [
     "load_pretrained",
     "save_pretrained",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "build_model": ".build", "build_processor": ".build", "count_parameters": ".build",
+    "load_config": ".config",
+    "UnifiedModel": ".model",
+    "Pretrained": ".pretrained", "load_pretrained": ".pretrained", "save_pretrained": ".pretrained",
+    "Processor": ".processor",
+    "ALL_REGISTRIES": ".registry", "CheckpointError": ".registry", "ConfigError": ".registry",
+    "InputError": ".registry",
+})

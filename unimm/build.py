@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from . import parts  # noqa: F401  (registers every built-in part)
 from .config import load_config
 from .model import UnifiedModel
 from .processor import Processor, load_tokenizer

@@ -65,10 +65,10 @@ def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from . import parts  # noqa: F401
     from .registry import ALL_REGISTRIES
 
     for kind, registry in ALL_REGISTRIES.items():
+        registry.load_all()  # the descriptions are the parts' docstrings
         print(f"{kind} ({registry.kind}):")
         for name in registry.names():
             print(f"  {name:<34} {registry.describe(name)}")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return export_main(argv[2:])
         if argv[:1] == ["reproduce"]:
-            from .bench.reproduce import reproduce_main
+            from .experiments.reproduce import reproduce_main
 
             return reproduce_main(argv[1:])
         args = build_parser().parse_args(argv)

@@ -21,16 +21,27 @@ whole slot from a YAML file: ``model.generator=@configs/parts/flow_tiny.yaml``.
 
 from __future__ import annotations
 
-import difflib
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .registry import ConfigError
+from .registry.errors import closest, did_you_mean
 from .registry.plugins import import_config_modules
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _shipped_configs() -> Path:
+    """The shipped configs: ``unimm/configs`` in an installed wheel; the repository's top-level ``configs/`` in a
+    source checkout or an editable install (setup.py maps that folder to ``unimm.configs`` when packaging)."""
+    packaged = files("unimm") / "configs"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _shipped_configs()
 #: Tokenizers shipped inside the package, named in ``processor.tokenizer`` by folder name (``tiny``).
 BUNDLED_TOKENIZERS = Path(__file__).resolve().parent / "assets" / "tokenizers"
 TOP_LEVEL_KEYS = ("name", "model", "processor", "train", "sample", "imports")
@@ -58,7 +69,7 @@ def _closest_config(name: str) -> str:
     the shipped configs of the folder meant."""
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
     shipped = sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
-    match = difflib.get_close_matches(stem, shipped, n=1)
+    match = closest(stem, shipped)  # the folder of the match is needed too
     folder = Path(match[0] if match else stem).parent.as_posix()
     siblings = [Path(p).name for p in shipped if Path(p).parent.as_posix() == folder]
     hint = f" Did you mean '{match[0]}'?" if match else ""
@@ -136,9 +147,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
 
 
 def _unknown(where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
-    match = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" Did you mean '{match[0]}'?" if match else ""
-    return ConfigError(f"{where}{key}: unknown key.{hint} Valid keys: {', '.join(allowed)}")
+    return ConfigError(f"{where}{key}: unknown key.{did_you_mean(key, allowed)} Valid keys: {', '.join(allowed)}")
 
 
 def validate_sections(cfg: DictConfig) -> None:

@@ -26,7 +26,7 @@ from .encoders.base import UnderstandingEncoder
 from .generation.base import GenerationLoss, GenerationOutput, GenerationPath
 from .registry import InputError
 
-IGNORE_INDEX = -100
+from .processor import IGNORE_INDEX  # noqa: E402  (defined once, by the processor that writes the labels)
 
 
 class UnifiedModel(nn.Module):

@@ -346,14 +346,6 @@ class Processor:
             ids = ids[: ids.index(self.eos_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    # -- files ------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the tokenizer files and ``processor.json`` (template and tags) into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(path))
-        (path / "processor.json").write_text(json.dumps(self.settings(), indent=2, ensure_ascii=False))
-
     def settings(self) -> dict[str, Any]:
         """The template and tag settings (everything but the tokenizer and the image transform)."""
         return dict(

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from unimm.data import (
-    GenerationImageTransform, JsonlSource, MixtureLoader, SourceStream, TaskSampler, build_streams, load_image,
+    GenerationImageTransform, JsonlSource, MixtureLoader, SourceStream, TaskSampler, build_streams,
+    load_record_image,
 )
 from unimm.data.records import SkipRecord
 from unimm.registry import ConfigError
@@ -121,13 +122,53 @@ def test_generation_transform_resizes_the_short_side_and_crops_the_centre():
     assert tall.shape == (3, 8, 8) and tall.min() >= -1 and tall.max() <= 1
 
 
-def test_load_image_reasons(tmp_path):
+def test_record_image_skip_reasons(tmp_path):
     with pytest.raises(SkipRecord) as missing:
-        load_image(tmp_path / "none.png")
+        load_record_image(tmp_path / "none.png")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(SkipRecord) as corrupt:
-        load_image(tmp_path / "bad.jpg")
-    assert (missing.value.reason, corrupt.value.reason) == ("missing_image", "corrupt_image")
+        load_record_image(tmp_path / "bad.jpg")
+    with pytest.raises(SkipRecord) as corrupt_bytes:
+        load_record_image(b"not an image")
+    assert (missing.value.reason, corrupt.value.reason, corrupt_bytes.value.reason) == (
+        "missing_image", "corrupt_image", "corrupt_image")
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.new("P", (6, 4), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.info["transparency"] = 0  # palette entry 0 is transparent
+    return image
+
+
+def _rgba() -> Image.Image:
+    image = Image.new("RGBA", (6, 4), (10, 20, 30, 255))
+    image.putpixel((0, 0), (90, 0, 0, 0))  # a transparent pixel that hides a dark red
+    return image
+
+
+@pytest.mark.parametrize("make, suffix, corner, inside", [
+    (_rgba, "png", (255, 255, 255), (10, 20, 30)),  # transparency composited onto white, one way everywhere
+    (_palette_with_transparency, "png", (255, 255, 255), (200, 100, 50)),
+    (lambda: Image.new("L", (6, 4), 100), "png", (100, 100, 100), (100, 100, 100)),
+    (lambda: Image.fromarray(np.full((4, 6), 40000, np.uint16)), "png", (156, 156, 156), (156, 156, 156)),  # 16-bit
+    (lambda: Image.new("CMYK", (6, 4), (0, 0, 0, 0)), "jpg", (255, 255, 255), (255, 255, 255)),
+], ids=["RGBA", "palette-transparent", "greyscale", "16-bit", "CMYK"])
+def test_training_and_inference_read_image_files_the_same_way(tmp_path, processor, make, suffix, corner, inside):
+    """A file reads to the same RGB pixels through the data loader (path or shard bytes) and the inference loader."""
+    from unimm.encoders.transforms import load_image
+
+    path = tmp_path / f"picture.{suffix}"
+    make().save(path)
+    inference = load_image(path)
+    assert inference.mode == "RGB"
+    assert inference.getpixel((0, 0)) == corner and inference.getpixel((3, 2)) == inside
+    for training in (load_record_image(path), load_record_image(path.read_bytes())):
+        assert training.mode == "RGB" and list(training.getdata()) == list(inference.getdata())
+    # and the processor's understanding transform of the record image is the one of the file itself
+    transform = processor.image_transform
+    torch.testing.assert_close(transform(load_record_image(path)), transform(str(path)), rtol=0, atol=0)
 
 
 # -- mixing ---------------------------------------------------------------------------------------------------
@@ -208,14 +249,14 @@ def test_loader_state_resumes_the_same_batches(tmp_path, processor):
 
 def test_source_config_errors(tmp_path):
     manifest = _write_jsonl(tmp_path / "t.jsonl", [{"text": "x"}])
-    with pytest.raises(ConfigError, match="did you mean 'jsonl'"):
+    with pytest.raises(ConfigError, match=r"jsonll: unknown key\. Did you mean 'jsonl'\?"):
         build_streams({"text": {"task": "text", "jsonll": str(manifest)}}, seed=0)
     with pytest.raises(ConfigError, match="task must be one of"):
         build_streams({"text": {"task": "captions", "jsonl": str(manifest)}}, seed=0)
     with pytest.raises(ConfigError, match="does not exist"):
         build_streams({"text": {"task": "text", "jsonl": str(tmp_path / "nope.jsonl")}}, seed=0)
     streams = build_streams({"text": {"task": "text", "jsonl": str(manifest)}}, seed=0)
-    with pytest.raises(ConfigError, match="did you mean 'text'"):
+    with pytest.raises(ConfigError, match=r"Did you mean 'text'\? Sources: text"):
         MixtureLoader(streams, TaskSampler({"txt": 1}, 0), processor=None, batch_size=1)
 
 

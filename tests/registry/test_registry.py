@@ -9,7 +9,6 @@ import functools
 import pytest
 from torch import nn
 
-import unimm.parts  # noqa: F401  (fills the registries)
 from unimm.backbones.causal_lm import CausalLMBackbone
 from unimm.build import build_model, check_slots
 from unimm.config import load_config
@@ -182,3 +181,18 @@ def test_wrong_types_and_nested_keys_are_caught_before_anything_is_built(constru
     with pytest.raises(ConfigError):
         build_model("janus_tiny", [override])
     assert constructed == []
+
+
+def test_did_you_mean_is_the_one_suggestion_helper():
+    """One helper words every suggestion; nothing else in the package asks difflib for close matches."""
+    from pathlib import Path
+
+    import unimm
+    from unimm.registry.errors import did_you_mean
+
+    assert did_you_mean("depht", ["depth", "width"]) == " Did you mean 'depth'?"
+    assert did_you_mean("zzz", ["depth", "width"]) == ""
+    package = Path(unimm.__file__).parent
+    callers = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+               if "get_close_matches" in p.read_text()]
+    assert callers == ["registry/errors.py"]

@@ -6,7 +6,6 @@
 import pytest
 import torch
 
-import unimm.parts  # noqa: F401
 from unimm import build_model, load_config
 from unimm.bench import make_split
 from unimm.data.images import GenerationImageTransform

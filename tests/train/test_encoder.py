@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import unimm.parts  # noqa: F401
 from unimm import build_model, load_config
 from unimm.bench import make_split
 from unimm.bench.shapes import ShapesConfig

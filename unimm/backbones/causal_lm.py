@@ -34,7 +34,6 @@ The backbone contract: what the unified model and the generation paths use, and 
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from ..registry import BACKBONES, CheckpointError, ConfigError, InputError
+from ..registry.errors import did_you_mean
 from .base import Backbone, BackboneOutput, positions_from_mask  # noqa: F401  (re-exported)
 
 # Config fields every transformers config accepts but that say nothing about the architecture.
@@ -62,8 +62,7 @@ def _config_class(model_type: str, where: str):
 
     if model_type not in CONFIG_MAPPING:
         names = sorted(CONFIG_MAPPING.keys())
-        match = difflib.get_close_matches(model_type, names, n=1)
-        hint = f" Did you mean '{match[0]}'?" if match else ""
+        hint = did_you_mean(model_type, names)
         raise ConfigError(f"{where}.model_type: transformers has no model type '{model_type}'.{hint}")
     return CONFIG_MAPPING[model_type]
 
@@ -80,8 +79,7 @@ def _check_fields(model_type: str, fields: dict[str, Any], where: str) -> tuple[
     known = set(defaults) | set(getattr(config_class, "attribute_map", {})) | _ALWAYS_ALLOWED
     for key in fields:
         if key not in known:
-            match = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" Did you mean '{match[0]}'?" if match else ""
+            hint = did_you_mean(key, sorted(known))
             raise ConfigError(f"{where}.{key}: not a field of transformers' {model_type} config.{hint}")
     return config_class, defaults
 

@@ -5,9 +5,9 @@
 * :mod:`unimm.bench.checker`: a programmatic, GenEval-style checker that finds the shapes in pixels and scores
   generated images against their prompts, and exact-match scoring of answers;
 * :mod:`unimm.bench.export`: writes a split as ``images/`` + ``t2i.jsonl`` / ``und.jsonl`` / ``spec.jsonl``;
-* :mod:`unimm.bench.evaluate`: scores a model on an exported split (``unimm bench evaluate``);
-* :mod:`unimm.bench.reproduce`: the Janus vs JanusFlow study on this benchmark (``unimm reproduce``,
-  docs/reproduce.md).
+* :mod:`unimm.bench.evaluate`: scores a model on an exported split (``unimm bench evaluate``).
+
+The experiments that train models and score them on it live in :mod:`unimm.experiments` (``unimm reproduce``).
 """
 
 from .checker import (

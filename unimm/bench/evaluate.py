@@ -37,7 +37,7 @@ def answer_questions(
     max_new_tokens: int = 6,
 ) -> list[str]:
     """Greedy answers to ``und.jsonl`` records (image paths relative to ``folder``), one string each."""
-    from ..data import load_image
+    from ..encoders.transforms import load_image
 
     model.eval()
     folder = Path(folder)

@@ -12,12 +12,12 @@ Sources are declared under ``train.data.sources`` in a config, one entry per nam
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from ..registry import ConfigError
-from .images import GenerationImageTransform, load_image
+from ..registry.errors import did_you_mean
+from .images import GenerationImageTransform, load_record_image
 from .mixture import ConcatSource, MixtureLoader, SourceStream, TaskBatch, TaskSampler
 from .records import TASKS, JsonlSource, Record, SkipCounter, SkipRecord, parse_record
 
@@ -34,10 +34,9 @@ def build_streams(
         unknown = set(spec) - SOURCE_KEYS
         if unknown:
             key = sorted(unknown)[0]
-            hint = difflib.get_close_matches(key, sorted(SOURCE_KEYS), n=1)
             raise ConfigError(
-                f"{where}.{key}: unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} "
-                f"(keys: {', '.join(sorted(SOURCE_KEYS))})"
+                f"{where}.{key}: unknown key.{did_you_mean(key, sorted(SOURCE_KEYS))} "
+                f"Valid keys: {', '.join(sorted(SOURCE_KEYS))}"
             )
         task = spec.get("task")
         if task not in TASKS:
@@ -83,6 +82,6 @@ __all__ = [
     "TaskSampler",
     "build_streams",
     "caption_dropout_of",
-    "load_image",
+    "load_record_image",
     "parse_record",
 ]

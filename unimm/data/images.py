@@ -1,50 +1,41 @@
-"""Loading training images and preparing them per path.
+"""Training images: opened by the one image loader, prepared per path.
 
-* Understanding: the image is loaded as RGB and handed to the processor, which pads it to a square and resizes it
-  to the encoder's size (the Janus / DeepSeek-VL convention), so nothing is cropped away from a question's subject.
+* Opening: :func:`load_record_image` is :func:`unimm.encoders.transforms.load_image` (the loader inference uses:
+  any PIL mode to RGB, transparency composited onto white, 16-bit rescaled) that skips a bad record instead of
+  stopping the run: it raises :class:`~unimm.data.records.SkipRecord` (``missing_image`` / ``corrupt_image``).
+* Understanding: the RGB image is handed to the processor, which pads it to a square and resizes it to the
+  encoder's size (the Janus / DeepSeek-VL convention), so nothing is cropped away from a question's subject.
 * Generation: the short side is resized to the generator's ``image_size`` and the centre is cropped, then scaled
   to [-1, 1] - the target the VQ tokenizer or VAE encodes.
-
-Both raise :class:`~unimm.data.records.SkipRecord` (``missing_image`` / ``corrupt_image``) instead of crashing.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import v2 as T
 
+from ..encoders.transforms import load_image
 from .records import CORRUPT_IMAGE, MISSING_IMAGE, SkipRecord
 
 
-def load_image(location: Any) -> Image.Image:
-    """Open an image from a path or raw bytes, fully decoded, as RGB.
+def load_record_image(location: Any) -> Image.Image:
+    """A training record's image (a path, or the file's bytes from a shard) as RGB, fully decoded.
 
     Raises:
         SkipRecord: ``missing_image`` if the file does not exist, ``corrupt_image`` if it cannot be decoded.
     """
-    if isinstance(location, (str, os.PathLike)):
-        if not os.path.isfile(location):
-            raise SkipRecord(MISSING_IMAGE, str(location))
-        source, name = location, str(location)
-    elif isinstance(location, (bytes, bytearray)):
-        source, name = io.BytesIO(location), "<bytes>"
-    else:
+    if isinstance(location, (str, os.PathLike)) and not os.path.isfile(location):
+        raise SkipRecord(MISSING_IMAGE, str(location))
+    if not isinstance(location, (str, os.PathLike, bytes, bytearray)):
         raise SkipRecord(MISSING_IMAGE, f"not a path or bytes: {type(location).__name__}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                img.load()  # decode now: a truncated file fails here, not later inside a batch
-                return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
-        raise SkipRecord(CORRUPT_IMAGE, f"{name}: {err}") from None
+        return load_image(location)
+    except ValueError as err:  # InputError (unreadable, too large) or a decoder's own complaint
+        raise SkipRecord(CORRUPT_IMAGE, str(err)) from None
 
 
 class GenerationImageTransform:

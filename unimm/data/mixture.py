@@ -23,7 +23,6 @@ answers); ``text`` -> ``text_batch``; ``generation`` -> ``prompt_ids`` (B, L), `
 
 from __future__ import annotations
 
-import difflib
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,8 @@ from typing import Any, Protocol
 import torch
 
 from ..registry import ConfigError, InputError
-from .images import GenerationImageTransform, load_image
+from ..registry.errors import did_you_mean
+from .images import GenerationImageTransform, load_record_image
 from .records import BAD_FIELDS, TOO_LONG, Record, SkipCounter, SkipRecord
 
 
@@ -206,10 +206,9 @@ class MixtureLoader:
     ):
         missing = [n for n in sampler.names if n not in streams]
         if missing:
-            hint = difflib.get_close_matches(missing[0], list(streams), n=1)
             raise ConfigError(
-                f"the mixture names source(s) {missing} that train.data.sources does not define"
-                f"{f'; did you mean {hint[0]!r}?' if hint else ''} (sources: {', '.join(streams) or 'none'})"
+                f"the mixture names source(s) {missing} that train.data.sources does not define."
+                f"{did_you_mean(missing[0], streams)} Sources: {', '.join(streams) or 'none'}"
             )
         self.streams, self.sampler, self.processor = dict(streams), sampler, processor
         self.batch_size = int(batch_size)
@@ -231,12 +230,12 @@ class MixtureLoader:
         if isinstance(item, SkipRecord):
             raise item
         if task == "understanding":
-            images = [load_image(loc) for loc in item.images]
+            images = [load_record_image(loc) for loc in item.images]
             return {"conversations": item.conversations, "images": images, "key": item.key}
         if task == "generation":
             if self.generation_transform is None:
                 raise ConfigError("a generation source needs generation_image_size (the generator's image_size)")
-            image = self.generation_transform(load_image(item.images[0]))
+            image = self.generation_transform(load_record_image(item.images[0]))
             caption = item.caption
             p = self.caption_dropout.get(name, 0.0)
             if p > 0 and random.Random(_seed_of("drop", self.seed, name, self.rank, position)).random() < p:

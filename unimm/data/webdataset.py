@@ -14,8 +14,8 @@ task               members of one sample
 =================  ========================================================================================
 
 Shards are read with the ``webdataset`` package (``pip install webdataset``), decoding nothing itself: images stay
-bytes until :func:`unimm.data.images.load_image`, so a corrupt image is counted and skipped like any other bad record,
-and a broken tar member is reported through webdataset's error handler instead of stopping the run.
+bytes until :func:`unimm.data.images.load_record_image`, so a corrupt image is counted and skipped like any other bad
+record, and a broken tar member is reported through webdataset's error handler instead of stopping the run.
 
 Order and resuming: process ``r`` of ``W`` reads shards ``r, r+W, ...`` (every ``W``-th sample of every shard when
 there are fewer shards than processes); each epoch visits its shards in an order drawn from ``(seed, source, epoch)``.

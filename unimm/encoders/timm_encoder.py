@@ -22,7 +22,6 @@ Shapes: ``forward(pixel_values)`` (B, 3, S, S) normalised -> (B, h * w, C), wher
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError, InputError, UnimmError
+from ..registry.errors import closest
 from .base import UnderstandingEncoder
 
 #: Weight files a local ``pretrained`` path may name, and the names looked for inside a folder.
@@ -293,7 +293,7 @@ def _checked_name(model_name: str, where: str) -> str:
             f"(e.g. vit_small_patch14_reg4_dinov2) and the weights go in {where}.pretrained"
         )
     if not timm.is_model(_architecture(model_name)):
-        close = difflib.get_close_matches(_architecture(model_name), timm.list_models(), n=3, cutoff=0.6)
+        close = closest(_architecture(model_name), timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"{where}.model_name: timm has no model '{model_name}'.{hint} "
                           f"timm.list_models('*pattern*') lists the {len(timm.list_models())} names")

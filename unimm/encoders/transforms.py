@@ -7,6 +7,7 @@ the reference ``VLMImageProcessor`` to float precision, and it refuses or repair
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ from ..registry import InputError
 MAX_DECODE_PIXELS = 64_000_000
 
 
-def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
-    """Open ``source`` (path, PIL image, HxW(xC) array, or (C, H, W) tensor) as an RGB PIL image.
+def load_image(source: str | Path | bytes | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """Open ``source`` (path, file bytes, PIL image, HxW(xC) array, or (C, H, W) tensor) as an RGB PIL image.
+
+    The one image loader: inference (the processor), training data (:mod:`unimm.data`) and the benchmark use it.
 
     Arrays may be uint8, 16-bit, or float in [0, 1] (float arrays above 1 are read as 0-255); float tensors are
     clamped to [0, 1], uint8 tensors taken as 0-255. Grayscale, palette, CMYK and 16-bit images are converted to
@@ -34,9 +37,9 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
         InputError: the file is missing, unreadable or too large, the array has an unsupported shape, or the
             values are not finite.
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
+    if isinstance(source, (str, Path, bytes, bytearray)):
+        path = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)  # bytes: a shard member
+        if isinstance(path, Path) and not path.is_file():
             raise InputError(f"image file not found: {path}")
         try:
             image = _open_bounded(path)
@@ -70,7 +73,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
     return to_rgb(image)
 
 
-def _open_bounded(path: Path) -> Image.Image:
+def _open_bounded(path: Path | io.BytesIO) -> Image.Image:
     """Open ``path`` lazily; shrink images over ``MAX_DECODE_PIXELS`` while decoding (JPEG) or refuse them."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check would refuse big JPEGs that draft() decodes cheaply

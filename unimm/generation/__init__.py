@@ -1,11 +1,9 @@
-"""Generation paths (registered in ``unimm.registry.GENERATORS``) and the autoencoders they use."""
+"""Generation paths (registered in ``unimm.registry.GENERATORS``) and the autoencoders they use.
 
-from .base import GenerationLoss, GenerationPath
-from .flow_path import RectifiedFlowPath
-from .sampling import filter_logits, sample_next
-from .vae import KLAutoencoder
-from .vq_path import VQGenerationPath
-from .vq_tokenizer import VQTokenizer
+Each name is imported on first use, so the VQ path does not import diffusers nor the flow path taming.
+"""
+
+from .._lazy import lazy_exports
 
 __all__ = [
     "GenerationLoss",
@@ -17,3 +15,8 @@ __all__ = [
     "filter_logits",
     "sample_next",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "GenerationLoss": ".base", "GenerationPath": ".base", "RectifiedFlowPath": ".flow_path",
+    "filter_logits": ".sampling", "sample_next": ".sampling", "KLAutoencoder": ".vae",
+    "VQGenerationPath": ".vq_path", "VQTokenizer": ".vq_tokenizer",
+})

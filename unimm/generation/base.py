@@ -32,7 +32,6 @@ member                    meaning
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from ..registry import InputError
+from ..registry.errors import did_you_mean
 
 
 @dataclass
@@ -166,8 +166,7 @@ class GenerationPath(nn.Module, ABC):
         for name, value in options.items():
             if name not in cls.sample_options:
                 names = sorted(cls.sample_options)
-                match = difflib.get_close_matches(name, names, n=1)
-                hint = f" Did you mean '{match[0]}'?" if match else ""
+                hint = did_you_mean(name, names)
                 raise InputError(
                     f"{where}{name}: the {cls.__name__} does not take this sampling option.{hint} "
                     f"Its options: {', '.join(names) or '(none)'}"

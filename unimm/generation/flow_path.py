@@ -36,7 +36,6 @@ from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
-from .vae import autoencoder_kl  # noqa: F401  (registers the default autoencoder)
 
 #: The networks take time on the 0..1000 scale used in training the released model.
 TIME_SCALE = 1000.0

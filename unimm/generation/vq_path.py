@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import aligners as _aligners  # noqa: F401  (registers the aligners a config may name)
-from ..heads import image_head as _image_head  # noqa: F401  (registers vq_image_head)
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, ConfigError, InputError
 from ..aligners.base import Aligner

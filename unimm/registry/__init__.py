@@ -40,6 +40,25 @@ ALL_REGISTRIES = {
     "heads": HEADS,
 }
 
+# Built-in parts, by "module:attribute": a lookup imports only the module of the part it names (so a VQ model does
+# not import diffusers, and a SigLIP encoder alone does not import taming). Each module's @register fills its entry.
+ENCODERS.register_lazy("siglip", "unimm.encoders.siglip:SigLIPEncoder")
+ENCODERS.register_lazy("sam", "unimm.encoders.sam:SAMEncoder")
+ENCODERS.register_lazy("sam_siglip", "unimm.encoders.hybrid:HybridEncoder")
+ENCODERS.register_lazy("shared_vq", "unimm.encoders.shared_vq:SharedVQEncoder")
+ENCODERS.register_lazy("timm", "unimm.encoders.timm_encoder:TimmEncoder")
+ALIGNERS.register_lazy("mlp_gelu", "unimm.aligners.mlp:mlp_gelu")
+ALIGNERS.register_lazy("linear", "unimm.aligners.mlp:linear")
+ALIGNERS.register_lazy("identity", "unimm.aligners.mlp:IdentityAligner")
+ALIGNERS.register_lazy("low_high_hybrid_split_mlp_gelu", "unimm.aligners.hybrid_split:HybridSplitAligner")
+BACKBONES.register_lazy("llama", "unimm.backbones.causal_lm:llama", aliases=("deepseek_llm",))
+BACKBONES.register_lazy("hf_causal_lm", "unimm.backbones.causal_lm:hf_causal_lm")
+GENERATORS.register_lazy("vq", "unimm.generation.vq_path:VQGenerationPath")
+GENERATORS.register_lazy("rectified_flow", "unimm.generation.flow_path:RectifiedFlowPath")
+AUTOENCODERS.register_lazy("llamagen_vq", "unimm.generation.vq_tokenizer:llamagen_vq")
+AUTOENCODERS.register_lazy("autoencoder_kl", "unimm.generation.vae:autoencoder_kl", aliases=("sdxl_vae",))
+HEADS.register_lazy("vq_image_head", "unimm.heads.image_head:VQImageHead")
+
 __all__ = [
     "ALIGNERS",
     "ALL_REGISTRIES",

@@ -15,3 +15,19 @@ class CheckpointError(UnimmError, ValueError):
 
 class InputError(UnimmError, ValueError):
     """An input (image, prompt, batch) cannot be processed as given."""
+
+
+def closest(name: str, choices, *, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The up to ``n`` entries of ``choices`` closest to ``name`` (difflib's ratio), best first."""
+    import difflib
+
+    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: str, choices, *, cutoff: float = 0.6) -> str:
+    """``" Did you mean 'x'?"`` for the closest of ``choices`` to ``name``, or ``""`` when none is close.
+
+    The one spelling-suggestion helper: every "unknown key / part / file" message appends its result.
+    """
+    match = closest(name, choices, cutoff=cutoff)
+    return f" Did you mean '{match[0]}'?" if match else ""

@@ -1,8 +1,8 @@
 """Parts from outside unimm: your own modules and installed packages.
 
 A part of your own is a class (or builder function) registered with a registry's decorator, e.g.
-``@ALIGNERS.register("gated")``, in a module of yours. Importing that module registers it; unimm imports it for
-you in three ways, all through this file:
+``@ALIGNERS.register("my_aligner")`` on a subclass of ``unimm.aligners.base.Aligner``, in a module of yours.
+Importing that module registers it; unimm imports it for you in three ways, all through this file:
 
 * ``imports: [my_parts]`` at the top of a config (or the override ``imports=[my_parts]``): imported when the
   config is loaded or built. ``save_pretrained`` keeps the list in ``config.yaml``, so ``load_pretrained``

@@ -12,13 +12,17 @@ reports mistakes with the config path, the closest valid name and the full list 
 
     ENCODERS.build({"type": "siglip", "variant": "siglip_large_patch16_384"}, where="model.und_encoder")
 
+Built-in parts are declared lazily (:meth:`Registry.register_lazy`, ``"module:attribute"``): the registry knows
+their names without importing them, and the first lookup of a name imports its module, whose ``@register`` fills
+the entry. So importing one part (or the registry) does not pull in every part's dependencies.
+
 Sizes that follow from a neighbouring part (an aligner's input width is the encoder's output width) are passed
 as ``inferred=``: they fill in missing keys, and a config value that contradicts them fails with both numbers.
 """
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import inspect
 import sys
 import typing
@@ -30,9 +34,10 @@ from .errors import ConfigError
 
 
 def _closest(name: str, choices: list[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest of ``choices``, or '' if nothing is close."""
-    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
+    """:func:`~unimm.registry.errors.did_you_mean` with a looser cutoff: part and key names are short."""
+    from .errors import did_you_mean
+
+    return did_you_mean(name, choices, cutoff=0.5)
 
 
 class Registry:
@@ -56,6 +61,7 @@ class Registry:
         self.contract = contract
         self._builders: dict[str, Callable[..., Any]] = {}
         self._aliases: dict[str, str] = {}
+        self._lazy: dict[str, str] = {}  # name -> "module:attribute", imported on first lookup
 
     # -- registration -------------------------------------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable:
@@ -67,6 +73,7 @@ class Registry:
         """
 
         def decorator(builder: Callable) -> Callable:
+            self._claim_lazy_entry(name, aliases, builder)
             for key in (name, *aliases):
                 taken = self._builders.get(self._aliases.get(key, key))
                 if taken is not None and _definition(taken) != _definition(builder):
@@ -82,15 +89,59 @@ class Registry:
 
         return decorator
 
+    def register_lazy(self, name: str, target: str, *, aliases: tuple[str, ...] = ()) -> None:
+        """Declare the part ``target`` (``"package.module:attribute"``) as ``name`` without importing it.
+
+        The first :meth:`get` of ``name`` (or an alias) imports the module, whose own ``@register(name)`` fills
+        the entry; that registration must come from the same module and give the same aliases.
+        """
+        module, _, attribute = target.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"{self.kind} '{name}': a lazy target looks like 'module:attribute', not {target!r}")
+        for key in (name, *aliases):  # not ``key in self``: that loads the entry points, whose parts import ours
+            if key in self._builders or key in self._lazy or key in self._aliases:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+        self._lazy[name] = target
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def load_all(self) -> None:
+        """Import every lazily declared part (for listing them with their descriptions)."""
+        for name in list(self._lazy):
+            if name in self._lazy:  # one module may register several names
+                self._load(name)
+
+    def _claim_lazy_entry(self, name: str, aliases: tuple[str, ...], builder: Callable) -> None:
+        """Before ``register(name, aliases)`` of ``builder``: drop the lazy entry it fills (same module, same aliases),
+        so that it registers as usual; a lazily declared name or alias stays taken for any other registration."""
+        announced = self._lazy.get(name)
+        declared_aliases = {a for a, n in self._aliases.items() if n == name} if announced else set()
+        if announced and builder.__module__ == announced.partition(":")[0] and set(aliases) == declared_aliases:
+            del self._lazy[name]
+            for alias in declared_aliases:
+                del self._aliases[alias]
+            return
+        for key in (name, *aliases):
+            if self._aliases.get(key, key) in self._lazy:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+
+    def _load(self, name: str) -> None:
+        """Import the module of lazy entry ``name`` and check that it registered ``name`` as announced."""
+        target = self._lazy[name]
+        module, _, attribute = target.partition(":")
+        imported = importlib.import_module(module)
+        if name in self._lazy or getattr(imported, attribute, None) is not self._builders.get(name):
+            raise RuntimeError(f"{self.kind} '{name}': importing {module} did not register {target} as '{name}'")
+
     # -- lookup -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        """Registered names, sorted (aliases not included)."""
+        """Registered names, sorted (aliases not included; lazy entries included, not imported)."""
         plugins.load_entry_points()
-        return sorted(self._builders)
+        return sorted([*self._builders, *self._lazy])
 
     def __contains__(self, name: str) -> bool:
         plugins.load_entry_points()
-        return name in self._builders or name in self._aliases
+        return name in self._builders or name in self._lazy or name in self._aliases
 
     def get(self, name: str, *, where: str = "") -> Callable[..., Any]:
         """The class (or builder function) registered as ``name``; never returns None. Subclass it to extend a part.
@@ -102,6 +153,8 @@ class Registry:
         if not isinstance(name, str):
             raise ConfigError(f"{where or self.kind}.type must be a string naming a {self.kind}, got {name!r}")
         canonical = self._aliases.get(name, name)
+        if canonical in self._lazy:
+            self._load(canonical)
         if canonical not in self._builders:
             choices = self.names() + sorted(self._aliases)
             location = f"{where}.type" if where else "type"

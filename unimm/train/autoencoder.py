@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 def load_image_tensor(paths: Sequence[str | Path], image_size: int) -> torch.Tensor:
     """Images as one tensor (N, 3, image_size, image_size) in [-1, 1] (short side resized, centre crop)."""
-    from ..data.images import GenerationImageTransform, load_image
+    from ..data.images import GenerationImageTransform
+    from ..encoders.transforms import load_image
 
     if not paths:
         raise ConfigError("no training images given to the autoencoder trainer")

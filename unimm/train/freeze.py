@@ -18,8 +18,7 @@ encoder's tokenizer) stay frozen even under their parent unless a stage names th
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -57,8 +56,9 @@ def resolve(model: nn.Module, path: str, *, where: str = "trainable") -> str:
     if path in names:
         return path
     choices = part_paths(model)
-    match = difflib.get_close_matches(path, choices, n=1, cutoff=0.6)
-    hint = f" Did you mean '{match[0]}'?" if match else ""
+    from ..registry.errors import did_you_mean
+
+    hint = did_you_mean(path, choices)
     top = sorted({c for c in choices if "." not in c})
     raise ConfigError(
         f"{where}: the model has no part '{path}'.{hint} Parts: {', '.join(top)} "
@@ -125,13 +125,7 @@ def frozen_parts_to_eval(model: nn.Module) -> list[str]:
     return switched
 
 
-def count_parameters(model: nn.Module, names: Iterable[str] | None = None) -> int:
-    """Number of scalars in all parameters, or in those named."""
-    if names is None:
-        return sum(p.numel() for p in model.parameters())
-    wanted = set(names)
-    return sum(p.numel() for n, p in model.named_parameters() if n in wanted)
-
+from ..build import count_parameters  # noqa: E402  (defined once, in unimm.build; re-exported for old imports)
 
 __all__: Sequence[str] = ["always_frozen", "apply_stage", "count_parameters", "frozen_parts_to_eval", "part_paths",
                           "resolve"]

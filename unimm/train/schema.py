@@ -11,7 +11,6 @@ section; ``stages`` is a list of :data:`STAGE_SCHEMA` mappings and ``data.source
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..data.records import TASKS
 from ..registry import ConfigError
+from ..registry.errors import did_you_mean
 from .optim import SCHEDULES
 
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
@@ -135,8 +135,7 @@ def check_section(section: Any, schema: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where} = {section!r}: expected a mapping of {', '.join(schema)}")
     for key, value in section.items():
         if key not in schema:
-            match = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f" Did you mean '{match[0]}'?" if match else ""
+            hint = did_you_mean(key, list(schema))
             raise ConfigError(f"{where}.{key}: unknown key.{hint} Valid keys: {', '.join(schema)}")
         rule = schema[key]
         if isinstance(rule, Mapping):

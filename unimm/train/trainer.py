@@ -18,7 +18,6 @@ Entry point: :func:`train_main` (``unimm train --config CFG [key=value ...]``; o
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -35,8 +34,9 @@ from torch import nn
 from ..data import MixtureLoader, TaskBatch, TaskSampler, build_streams, caption_dropout_of
 from ..images import save_images
 from ..registry import ConfigError, to_plain
+from ..registry.errors import did_you_mean
 from .checkpointing import load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
-from .freeze import apply_stage, count_parameters, frozen_parts_to_eval
+from .freeze import apply_stage, frozen_parts_to_eval
 from .optim import build_optimizer, build_scheduler
 from .schema import check_train_section
 
@@ -84,8 +84,7 @@ def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         where = f"train.stages[{name}]"
         for source in stage["mixture"]:
             if source not in sources:
-                match = difflib.get_close_matches(source, list(sources), n=1)
-                hint = f" Did you mean '{match[0]}'?" if match else ""
+                hint = did_you_mean(source, sources)
                 raise ConfigError(
                     f"{where}.mixture.{source}: no such source in train.data.sources.{hint} "
                     f"Sources: {', '.join(sources) or 'none'}"
@@ -243,7 +242,7 @@ class Trainer:
         spec = self.settings["samples"]
         if not self.is_main or not (spec["captions"] or spec["questions"]):
             return
-        from ..data import load_image
+        from ..encoders.transforms import load_image
 
         folder = self.output_dir / "samples" / tag
         folder.mkdir(parents=True, exist_ok=True)
@@ -306,10 +305,10 @@ class Trainer:
         self.model.train()
         frozen_parts_to_eval(self.model)
         steps = int(stage["steps"])
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.is_main:
             logger.info("stage %s: %d steps, %d trainable parameters in %d tensors", stage["name"], steps,
-                        count_parameters(self.model, trainable), len(trainable))
-        params = [p for p in self.model.parameters() if p.requires_grad]
+                        sum(p.numel() for p in params), len(trainable))
         samples_per_step = int(s["batch_size"]) * int(s["grad_accum"]) * acc.num_processes
         from tqdm.auto import tqdm
 

@@ -134,7 +134,7 @@ def sample_options(spec: DictConfig, cfg: DictConfig) -> dict[str, Any]:
 
 def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, Path]:
     """Export the train and test splits (kept if already there with the same size and seed)."""
-    from .export import export_split
+    from ..bench.export import export_split
 
     folders = {}
     for split in ("train", "test"):
@@ -199,7 +199,7 @@ def prepare_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path], forc
     accuracy on the test images ({} if no experiment asks for one)."""
     from ..train.autoencoder import load_image_tensor
     from ..train.encoder import pretrain_encoder
-    from .export import load_specs
+    from ..bench.export import load_specs
 
     slots = {}
     for name, exp in spec.experiments.items():
@@ -257,7 +257,7 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
                    extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Train experiment ``name`` in ``evals`` segments, scoring after each; returns (and saves) its result."""
     from ..train import Trainer
-    from .evaluate import evaluate_model, summary
+    from ..bench.evaluate import evaluate_model, summary
 
     run_dir = out / "runs" / name
     result_file = run_dir / "result.json"
@@ -312,7 +312,7 @@ def run_experiment(spec: DictConfig, name: str, out: Path, data: dict[str, Path]
 def write_grid(results: dict[str, dict], out: Path, data: dict[str, Path], n_prompts: int = 8) -> Path | None:
     """``grids/generation.png``: a row per experiment (first row: the reference renders), a column per prompt."""
     from ..train.autoencoder import load_image_tensor
-    from .export import load_specs
+    from ..bench.export import load_specs
 
     rows = [name for name, r in results.items() if "generation" in r["tasks"]]
     if not rows:
@@ -385,7 +385,7 @@ def _pct(value: float | None) -> str:
 def write_report(spec: DictConfig, results: dict[str, dict], autoencoders: dict[str, Any], out: Path,
                  command: str, wall_seconds: float, und_encoder: dict[str, Any] | None = None) -> Path:
     """``report.md`` and ``results.json``."""
-    from .shapes import QUESTION_TYPES
+    from ..bench.shapes import QUESTION_TYPES
 
     gen_cats = ("overall", "colour", "shape", "count", "binding", "position")
     und_encoder = und_encoder or {}

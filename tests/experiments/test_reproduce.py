@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unimm.bench.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
+from unimm.experiments.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
 from unimm.pretrained import load_pretrained
 from unimm.registry import ENCODERS, ConfigError
 
