@@ -1,6 +1,6 @@
 """A multi-turn conversation with a model on text streams: ``unimm chat``.
 
-Each line read is a user turn, answered on the output stream; commands start with ``/``:
+Each line read is a user turn, answered on the output stream; a line that starts with ``/`` is a command:
 
 * ``/image PATH`` attaches an image to the next turn (several lines: several images in that turn, in order);
   a missing or unreadable file is reported in one line and the conversation goes on;
@@ -135,8 +135,8 @@ class Chat:
             self.notice("history cleared")
         elif text == "/image" or text.startswith("/image "):
             self.attach(text[len("/image"):].strip())
-        elif text.startswith("/") and " " not in text:
-            self.notice(f"unknown command {text}; the commands are /image PATH, /reset and /quit")
+        elif text.startswith("/"):
+            self.notice(f"unknown command {text.split()[0]}; the commands are /image PATH, /reset and /quit")
         else:
             self.ask(text)
         return True
