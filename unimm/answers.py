@@ -51,7 +51,7 @@ class Question:
 def parse_line(text: str, line: int, folder: Path) -> Question:
     """One JSON line -> :class:`Question`; raises :class:`InputError` saying what is wrong with it."""
     try:
-        record = json.loads(text)
+        record = json.loads(text.rstrip("\r\n"))  # error columns then count within the line
     except json.JSONDecodeError as err:
         raise InputError(f"not JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):

@@ -51,7 +51,7 @@ def read_prompts(path: str | Path) -> list[tuple[str, dict]]:
             if not text.strip():
                 raise InputError(f"{where}: is empty; GenEval's file has one JSON object per line, one per prompt")
             try:
-                record = json.loads(text)
+                record = json.loads(text.rstrip("\r\n"))  # error columns then count within the line
             except json.JSONDecodeError as err:
                 raise InputError(f"{where}: not JSON ({err.msg} at column {err.colno}); each line is one prompt's "
                                  "metadata, e.g. {\"tag\": \"single_object\", \"prompt\": \"a photo of a bench\"}") \
