@@ -188,12 +188,14 @@ def test_no_answerable_line_exits_2_and_writes_nothing(tmp_path, capsys):
     (["--batch", "{tmp}/none.jsonl", "--out", "a.jsonl"], "--batch {tmp}/none.jsonl: no such file"),
     (["--batch", "q.jsonl", "--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
     (["--batch", "q.jsonl", "--out", "a.jsonl", "--batch-size", "0"], "--batch-size = 0: must be at least 1"),
+    (["--batch", "binary.jsonl", "--out", "a.jsonl"], "--batch binary.jsonl: not a UTF-8 text file"),
     (["--image", "x.png"], "give --image FILE and --question TEXT, or --batch QUESTIONS.jsonl --out ANSWERS.jsonl"),
     (["--image", "x.png", "--question", "q", "--out", "a.jsonl"], "--out and --batch-size go with --batch"),
 ])  # fmt: skip
 def test_option_mistakes_are_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "q.jsonl").write_text('{"image": "x.png", "question": "q"}\n')
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(["understand", *args]) == 2
     lines = capsys.readouterr().err.splitlines()

@@ -100,7 +100,11 @@ def answer_file(
     from .encoders.transforms import load_image
 
     questions, out = Path(questions), Path(out)
-    total = sum(1 for text in questions.open(encoding="utf-8") if text.strip())
+    try:
+        total = sum(1 for text in questions.open(encoding="utf-8") if text.strip())
+    except UnicodeDecodeError:
+        raise InputError(f"--batch {questions}: not a UTF-8 text file; give JSON lines of "
+                         "{\"image\": PATH, \"question\": TEXT}") from None
     bar = tqdm(total=total, desc="answering", unit="q", disable=not progress, file=sys.stderr)
     report = warn or (lambda message: tqdm.write(message, file=sys.stderr))
     answered = skipped = 0

@@ -175,6 +175,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 # -- eval ------------------------------------------------------------------------------------------------------
 def cmd_eval_geneval(args: argparse.Namespace) -> None:
+    from . import __version__
     from .eval.geneval import N_SAMPLES, read_prompts, sample_geneval, sampling_options
     from .pretrained import DEFAULT_MODEL
 
@@ -192,6 +193,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> None:
         "generator": type(model.generator).__name__, "image_size": model.generator.image_size,
         "num_image_tokens": model.generator.num_image_tokens, "n_samples": n_samples,
         "batch_size": args.batch_size or n_samples, "seed": args.seed, "sample_options": options,
+        "unimm_version": __version__,
     }
     done, skipped = sample_geneval(model, processor, prompts, args.out, settings=settings, options=options,
                                    n_samples=n_samples, batch_size=args.batch_size, seed=args.seed,

@@ -62,6 +62,7 @@ def test_settings_record_the_run_and_reproduce_its_images(run, shipped):
         "overrides": [], "generator": "VQGenerationPath", "image_size": 16, "num_image_tokens": 16,
         "n_samples": 2, "batch_size": 2, "seed": 3,
         "sample_options": {"guidance": 3.0, "temperature": 1.0, "top_k": None, "top_p": None},
+        "unimm_version": unimm.__version__,
     }
     model, processor, _ = shipped
     prompt = json.loads(PROMPTS.read_text().splitlines()[1])["prompt"]
@@ -131,14 +132,16 @@ def test_a_prompt_too_long_fails_before_anything_is_written(shipped, tmp_path):
     ('{"prompt": "a cat"}\n\n{"prompt": "a dog"}\n', "line 2: is empty; GenEval's file has one JSON object per line"),
     ('["a cat"]\n', "line 1: needs a JSON object"),
     ('{"prompt": ""}\n', "line 1: needs a JSON object with a non-empty \"prompt\" string"),
+    ('{"prompt": "a cat\u2028on a mat"}\n\n', "line 2: is empty"),  # U+2028 inside a string: still one line
     ("", "the file has no prompts"),
+    (b"\xff\xfe{", "not a UTF-8 text file"),
 ])  # fmt: skip
 def test_a_bad_prompts_file_is_one_line_and_exit_2_before_generating(content, message, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(content)
+    prompts.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["eval", "geneval", "--prompts", str(prompts), "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.splitlines()
-    separator = ": " if message.startswith("the") else " "
+    separator = " " if message.startswith("line") else ": "
     assert len(lines) == 1 and lines[0].startswith(f"unimm: error: --prompts {prompts}{separator}{message}")
     assert not (tmp_path / "out").exists()
 

@@ -9,6 +9,10 @@ order, which :func:`sample_geneval` writes::
     OUT/00000/samples/0000.png   the prompt's n samples (0000.png ... n-1)
     OUT/00000/grid.png           the samples in one row (GenEval's own sampling script writes it too; optional)
 
+GenEval's scorer (``evaluation/evaluate_images.py``) reads every digit-named folder's ``metadata.jsonl`` as one
+JSON object and every ``samples/<digits>.png``, so the four-digit names here and the five its own sampling script
+writes are read alike; ``settings.json``, not a folder, is passed over.
+
 The defaults are the papers' recipe: 4 images a prompt (Janus, Janus-Pro and JanusFlow report GenEval on 4);
 for a VQ path (Janus, Janus-Pro) guidance 5 and temperature 1, as their papers sample; any other path (JanusFlow's
 rectified flow) keeps its own defaults (the released w = 2 and 30 Euler steps). Images are made at the model's own
@@ -44,22 +48,30 @@ def read_prompts(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--prompts {path}: no such file; give GenEval's evaluation_metadata.jsonl")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--prompts {path}: not a UTF-8 text file; give GenEval's evaluation_metadata.jsonl") \
+            from None
+    # split at newlines only, as GenEval reads the file (str.splitlines would also split at U+2028 inside a string)
+    lines = content.split("\n")
+    if lines[-1] == "":  # after the newline that ends the last line (or an empty file)
+        lines.pop()
     prompts = []
-    with path.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            where = f"--prompts {path} line {number}"
-            if not text.strip():
-                raise InputError(f"{where}: is empty; GenEval's file has one JSON object per line, one per prompt")
-            try:
-                record = json.loads(text.rstrip("\r\n"))  # error columns then count within the line
-            except json.JSONDecodeError as err:
-                raise InputError(f"{where}: not JSON ({err.msg} at column {err.colno}); each line is one prompt's "
-                                 "metadata, e.g. {\"tag\": \"single_object\", \"prompt\": \"a photo of a bench\"}") \
-                    from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) \
-                    or not record["prompt"].strip():
-                raise InputError(f"{where}: needs a JSON object with a non-empty \"prompt\" string")
-            prompts.append((text.rstrip("\r\n"), record))
+    for number, text in enumerate(lines, start=1):
+        text = text.rstrip("\r")
+        where = f"--prompts {path} line {number}"
+        if not text.strip():
+            raise InputError(f"{where}: is empty; GenEval's file has one JSON object per line, one per prompt")
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}: not JSON ({err.msg} at column {err.colno}); each line is one prompt's "
+                             'metadata, e.g. {"tag": "single_object", "prompt": "a photo of a bench"}') from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f'{where}: needs a JSON object with a non-empty "prompt" string')
+        prompts.append((text, record))
     if not prompts:
         raise InputError(f"--prompts {path}: the file has no prompts")
     return prompts
