@@ -72,6 +72,20 @@ def assistant(content: str) -> dict:
     return {"role": "assistant", "content": content}
 
 
+def test_prompt_length_counts_what_the_processor_encodes(shipped, scenes):
+    """The chat budgets with ``Processor.prompt_length``: it must equal the encoded length, images expanded."""
+    _, processor, _ = shipped
+    conversations = [
+        (question_conversation("hi", 0), []),
+        (question_conversation("what colour is the circle?"), scenes[:1]),
+        ([user("<image_placeholder>\n<image_placeholder>\nwhich?"), assistant("the red one"),
+          user("<image>\nand here?"), assistant("")], scenes[:3]),
+    ]
+    for turns, images in conversations:
+        encoded = processor.encode_conversation(turns, images)["input_ids"]
+        assert processor.prompt_length(turns) == len(encoded) > len(images) * processor.num_image_tokens
+
+
 def test_multi_turn_history(shipped, monkeypatch, scenes):
     _, processor, _ = shipped
     chat, answers, notices, batches = chat_on(
