@@ -192,7 +192,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> None:
         "model": str(Path(args.model or DEFAULT_MODEL).resolve()), "overrides": list(args.overrides),
         "generator": type(model.generator).__name__, "image_size": model.generator.image_size,
         "num_image_tokens": model.generator.num_image_tokens, "n_samples": n_samples,
-        "batch_size": args.batch_size or n_samples, "seed": args.seed, "sample_options": options,
+        "batch_size": min(args.batch_size or n_samples, n_samples), "seed": args.seed, "sample_options": options,
         "unimm_version": __version__,
     }
     done, skipped = sample_geneval(model, processor, prompts, args.out, settings=settings, options=options,
@@ -413,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evals = sub.add_parser("eval", help="sample for external benchmarks").add_subparsers(dest="benchmark",
                                                                                       required=True)
-    geneval = evals.add_parser("geneval", help="GenEval's folder of samples (score them with GenEval's own scripts)")
+    geneval = evals.add_parser(
+        "geneval", help="GenEval's folder of samples (score them with GenEval's own scripts)",
+        description="Sample GenEval's prompts into its folder layout. Defaults are the papers' recipe: 4 images a "
+        "prompt; for a VQ model guidance 5 and temperature 1 (over the model's own sample: defaults), for a flow "
+        "model its own guidance and steps; the model's own image size. Every setting goes to DIR/settings.json.")
     model_args(geneval)
     sample_args(geneval)
     geneval.add_argument("--prompts", required=True, metavar="evaluation_metadata.jsonl",

@@ -118,6 +118,7 @@ def _check_resumable(out: Path, settings: dict[str, Any]) -> None:
     if not file.is_file():
         return
     before = json.loads(file.read_text())
+    settings = json.loads(json.dumps(settings))  # compared as written: tuples are lists, keys are strings
     for key in sorted(set(before) | set(settings)):
         if before.get(key) != settings.get(key):
             raise InputError(f"--skip-existing: {file} has {key} = {before.get(key)!r} but this run has "
