@@ -3,12 +3,15 @@
     unimm list                                   every registered part, by kind
     unimm config show CONFIG [key=value ...]     the resolved config and the model it builds
     unimm understand [--model M] --image F --question Q
+    unimm understand [--model M] --batch QUESTIONS.jsonl --out ANSWERS.jsonl
+    unimm chat [--model M]                       a conversation on standard input (/image PATH, /reset, /quit)
     unimm generate [--model M] --prompt P [--num-images K] [--out DIR]
     unimm convert SRC DST                        a released folder -> unimm's format
     unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
     unimm bench export ...                       write the synthetic shapes benchmark to disk
     unimm bench evaluate [--model M] DATA        score a model on an exported split
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
+    unimm eval geneval --prompts F --out DIR     GenEval's sample folders (evaluation_metadata.jsonl)
 
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
@@ -100,21 +103,103 @@ def _size_overrides(args: argparse.Namespace, slot: str) -> list[str]:
 
 
 def cmd_understand(args: argparse.Namespace) -> None:
+    from .answers import question_conversation
     from .encoders.transforms import load_image
 
     check_args(args)
+    if _understand_mode(args) == "batch":
+        return cmd_understand_batch(args)
     image = load_image(args.image)  # a missing or unreadable file fails before the model is loaded
     model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
-    conversation = [
-        {"role": "user", "content": f"<image_placeholder>\n{args.question}"},
-        {"role": "assistant", "content": ""},
-    ]
-    batch = processor(conversation, [image])
+    batch = processor(question_conversation(args.question), [image])
     tokens = model.generate_text(
         batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, eos_id=processor.eos_id, pad_id=processor.pad_id,
     )
     print(processor.decode(tokens[0]).strip())
+
+
+# -- understand --batch ------------------------------------------------------------------------------------------
+def _understand_mode(args: argparse.Namespace) -> str:
+    """``"one"`` (--image and --question) or ``"batch"`` (--batch with --out); any other mix is one-line error."""
+    from .registry import InputError
+
+    single = [flag for flag, value in (("--image", args.image), ("--question", args.question)) if value is not None]
+    if args.batch is not None:
+        if single:
+            raise InputError(f"{' and '.join(single)} and --batch: give either --image and --question (one question) "
+                             "or --batch FILE (a file of them), not both")
+        if args.answers_out is None:
+            raise InputError("--batch needs --out ANSWERS.jsonl: where to write the answers")
+        if not Path(args.batch).is_file():
+            raise InputError(f"--batch {args.batch}: no such file; give a JSON-lines file of "
+                             "{\"image\": PATH, \"question\": TEXT}")
+        if Path(args.answers_out).is_dir():
+            raise InputError(f"--out {args.answers_out}: is a folder; give a file name, e.g. "
+                             f"{Path(args.answers_out) / 'answers.jsonl'}")
+        return "batch"
+    if len(single) < 2:
+        raise InputError("give --image FILE and --question TEXT, or --batch QUESTIONS.jsonl --out ANSWERS.jsonl")
+    if args.answers_out is not None or args.batch_size is not None:
+        raise InputError("--out and --batch-size go with --batch; one question's answer is printed")
+    return "one"
+
+
+def cmd_understand_batch(args: argparse.Namespace) -> None:
+    from .answers import answer_file
+
+    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
+    answered, skipped = answer_file(
+        model, processor, args.batch, args.answers_out, batch_size=args.batch_size or 8,
+        progress=args.progress or sys.stderr.isatty(), max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )
+    print(f"{args.answers_out}: {answered} answer(s)" + (f", {skipped} bad line(s) skipped" if skipped else ""),
+          file=sys.stderr)
+
+
+# -- chat ------------------------------------------------------------------------------------------------------
+def cmd_chat(args: argparse.Namespace) -> None:
+    from .chat import Chat
+
+    check_args(args)
+    model, processor, _ = _load(args.model, args.overrides)
+    chat = Chat(model, processor, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("unimm chat: type a message; /image PATH attaches an image, /reset clears, /quit ends",
+              file=sys.stderr)
+    chat.run(sys.stdin, prompt="> " if interactive else "")
+
+
+# -- eval ------------------------------------------------------------------------------------------------------
+def cmd_eval_geneval(args: argparse.Namespace) -> None:
+    from . import __version__
+    from .eval.geneval import N_SAMPLES, read_prompts, sample_geneval, sampling_options
+    from .pretrained import DEFAULT_MODEL
+
+    check_args(args)
+    prompts = read_prompts(args.prompts)  # every line checked before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
+    merged = _sample_options(model, cfg, args)  # the config's sample: defaults and the flags, checked
+    given = {SAMPLE_FLAGS[flag] for flag in SAMPLE_FLAGS if getattr(args, SAMPLE_FLAGS[flag]) is not None}
+    options = sampling_options(model, {k: v for k, v in merged.items() if k in given},
+                               {k: v for k, v in merged.items() if k not in given})
+    n_samples = args.n_samples or N_SAMPLES
+    settings = {
+        "benchmark": "geneval", "prompts": str(Path(args.prompts).resolve()), "num_prompts": len(prompts),
+        "model": str(Path(args.model or DEFAULT_MODEL).resolve()), "overrides": list(args.overrides),
+        "generator": type(model.generator).__name__, "image_size": model.generator.image_size,
+        "num_image_tokens": model.generator.num_image_tokens, "n_samples": n_samples,
+        "batch_size": min(args.batch_size or n_samples, n_samples), "seed": args.seed, "sample_options": options,
+        "unimm_version": __version__,
+    }
+    done, skipped = sample_geneval(model, processor, prompts, args.out, settings=settings, options=options,
+                                   n_samples=n_samples, batch_size=args.batch_size, seed=args.seed,
+                                   skip_existing=args.skip_existing, grid=not args.no_grid,
+                                   progress=args.progress or sys.stderr.isatty())
+    print(f"{args.out}: {done} prompt(s) sampled" + (f", {skipped} already done" if skipped else ""))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -172,7 +257,7 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
 
 #: Numeric options and the least value each accepts (``None`` on the command line means "not given").
 _AT_LEAST = {"num_images": 1, "max_new_tokens": 1, "grid_scale": 1, "max_prompts": 1, "max_questions": 1,
-             "threads": 1, "seed": 0}
+             "threads": 1, "seed": 0, "batch_size": 1, "n_samples": 1}
 #: Text sampling (``understand``); image sampling flags are checked against the generation path's declared options.
 _TEXT_AT_LEAST = {"top_k": 1, "temperature": 0}
 _MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed (negatives wrap around)
@@ -186,7 +271,7 @@ def check_args(args: argparse.Namespace) -> None:
     """
     from .registry import InputError
 
-    text_sampling = args.command == "understand"
+    text_sampling = args.command in ("understand", "chat")
     for name, least in {**_AT_LEAST, **(_TEXT_AT_LEAST if text_sampling else {})}.items():
         value = getattr(args, name, None)
         if value is not None and value < least:
@@ -256,8 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     und = sub.add_parser("understand", help="answer a question about an image")
     model_args(und)
-    und.add_argument("--image", required=True)
-    und.add_argument("--question", required=True)
+    und.add_argument("--image", help="the image to ask about")
+    und.add_argument("--question", help="the question")
+    und.add_argument("--batch", metavar="QUESTIONS.jsonl", help='answer a file of {"image": PATH or [PATHS], '
+                     '"question": TEXT} lines (paths relative to its folder) instead of --image/--question')
+    und.add_argument("--out", dest="answers_out", metavar="ANSWERS.jsonl", help="with --batch: write the answers "
+                     'here as {"image", "question", "answer"} lines, in input order')
+    und.add_argument("--batch-size", type=int, help="with --batch: questions answered together (default 8)")
+    und.add_argument("--progress", action="store_true", help="with --batch: show a progress bar even when stderr "
+                     "is not a terminal")
     und.add_argument("--max-new-tokens", type=int, default=256)
     und.add_argument("--image-size", type=int, help="the understanding encoder's input size (default: the model's; "
                      "position embeddings are resampled)")
@@ -265,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     und.add_argument("--top-k", type=int)
     und.add_argument("--top-p", type=float)
     und.set_defaults(func=cmd_understand)
+
+    chat = sub.add_parser("chat", help="a conversation on standard input (/image PATH, /reset, /quit)")
+    model_args(chat)
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="longest answer; that many positions of the "
+                      "model's context are kept for it (default 128)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument("--top-k", type=int)
+    chat.add_argument("--top-p", type=float)
+    chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)
@@ -309,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, help="torch threads")
     evaluate.add_argument("--json", help="also write the accuracies to this JSON file")
     evaluate.set_defaults(func=cmd_bench_evaluate)
+
+    evals = sub.add_parser("eval", help="sample for external benchmarks").add_subparsers(dest="benchmark",
+                                                                                      required=True)
+    geneval = evals.add_parser(
+        "geneval", help="GenEval's folder of samples (score them with GenEval's own scripts)",
+        description="Sample GenEval's prompts into its folder layout. Defaults are the papers' recipe: 4 images a "
+        "prompt; for a VQ model guidance 5 and temperature 1 (over the model's own sample: defaults), for a flow "
+        "model its own guidance and steps; the model's own image size. Every setting goes to DIR/settings.json.")
+    model_args(geneval)
+    sample_args(geneval)
+    geneval.add_argument("--prompts", required=True, metavar="evaluation_metadata.jsonl",
+                         help="GenEval's prompt file: one JSON object with a \"prompt\" per line")
+    geneval.add_argument("--out", required=True, metavar="DIR", help="DIR/00000/{metadata.jsonl,samples/0000.png}")
+    geneval.add_argument("--n-samples", type=int, help="images per prompt (default 4, as the papers report)")
+    geneval.add_argument("--batch-size", type=int, help="images per model call (default: --n-samples)")
+    geneval.add_argument("--image-size", type=int, help="side of the images (default: the model's own size)")
+    geneval.add_argument("--skip-existing", action="store_true", help="resume: keep prompt folders that hold all "
+                         "their samples (the settings must match settings.json)")
+    geneval.add_argument("--no-grid", action="store_true", help="do not write each prompt's grid.png")
+    geneval.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a "
+                         "terminal")
+    geneval.set_defaults(func=cmd_eval_geneval)
 
     repro = sub.add_parser("reproduce", help="Janus vs JanusFlow on the shapes benchmark (see docs/reproduce.md)")
     repro.add_argument("rest", nargs=argparse.REMAINDER)

@@ -139,7 +139,8 @@ class UnifiedModel(nn.Module):
         """Answer a processor batch with the KV cache.
 
         Greedy when ``temperature`` is 0, else sampled with optional top-k / top-p. Rows stop at ``eos_id``
-        (kept in the output); finished rows are filled with ``pad_id``.
+        (kept in the output) or when the next token would sit beyond the backbone's ``max_positions`` (each row by
+        its own length, so a left-padded row answers as it would alone); finished rows are filled with ``pad_id``.
 
         Returns:
             (B, n_new) generated ids, n_new <= max_new_tokens.
@@ -155,6 +156,7 @@ class UnifiedModel(nn.Module):
         cache, next_pos = out.past_key_values, positions[:, -1:] + 1
         logits = self.backbone.logits(out.hidden_states[:, -1])
         finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
+        limit = self.backbone.max_positions
         tokens = []
         for step in range(max_new_tokens):
             token = sample_next(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
@@ -162,10 +164,15 @@ class UnifiedModel(nn.Module):
             tokens.append(token)
             if eos_id is not None:
                 finished |= token == eos_id
+            if limit is not None:  # the token just drawn would be read at next_pos: the row's context is full
+                finished |= next_pos[:, 0] >= limit
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.backbone(self.backbone.embed(token[:, None]), attention_mask=mask, position_ids=next_pos,
+            # Finished rows still run (as padding); their positions are clamped so learned position tables
+            # (GPT-2) are never indexed past their end.
+            fed_pos = next_pos if limit is None else next_pos.clamp(max=limit - 1)
+            out = self.backbone(self.backbone.embed(token[:, None]), attention_mask=mask, position_ids=fed_pos,
                                 past_key_values=cache, use_cache=True)
             cache, next_pos = out.past_key_values, next_pos + 1
             logits = self.backbone.logits(out.hidden_states[:, -1])

@@ -198,6 +198,13 @@ class Processor:
             )
 
     # -- understanding ----------------------------------------------------------------------------------------
+    def prompt_length(self, conversation: Sequence[dict], system_prompt: str | None = None) -> int:
+        """Tokens :meth:`encode_conversation` would give (each image placeholder expanded), without reading images
+        or checking the limit: what a chat counts to keep its history within ``max_length``."""
+        text, _ = self.format_conversation(conversation, system_prompt)
+        ids = self.tokenizer(text)["input_ids"]
+        return len(ids) + ids.count(self.image_id) * (self.num_image_tokens + 1)  # tag -> start + N + end
+
     def encode_conversation(
         self, conversation: Sequence[dict], images: Sequence[Any] = (), system_prompt: str | None = None,
         with_labels: bool = False,
