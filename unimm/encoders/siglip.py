@@ -86,7 +86,8 @@ class SigLIPEncoder(UnderstandingEncoder):
         else:
             sizes = resolve_sizes(given, variant, SIGLIP_VARIANTS, family="SigLIP", where=where)
         if image_processor not in IMAGE_PROCESSORS:
-            raise ConfigError(f"{where}.image_processor = {image_processor!r}: use one of {', '.join(IMAGE_PROCESSORS)}")
+            raise ConfigError(f"{where}.image_processor = {image_processor!r}: use one of "
+                              f"{', '.join(IMAGE_PROCESSORS)}")
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
                 f"{where}: image_size {sizes['image_size']} is not a multiple of patch_size "
