@@ -125,7 +125,13 @@ def _hf_janus_folder(folder: Path, overrides) -> tuple[DictConfig, dict, int]:
     from .checkpoint.hf_janus import config_from_hf, from_hf, processor_from_hf
 
     model = config_from_hf(json.loads((folder / "config.json").read_text()))
-    processor, num_tokens = processor_from_hf(folder)
+    processor, images = processor_from_hf(folder)
+    encoder = model["und_encoder"]
+    if images["image_size"] != encoder["image_size"]:
+        raise CheckpointError(f"{folder}: the image processor's size {images['image_size']} is not the vision "
+                              f"config's image_size {encoder['image_size']}")
+    encoder.update(pixel_mean=images["pixel_mean"], pixel_std=images["pixel_std"])
+    num_tokens = images["num_image_tokens"]
     cfg = apply_overrides(OmegaConf.create({"name": folder.name, "model": model, "processor": processor}), overrides)
     validate_sections(cfg)
     return cfg, from_hf(load_weights(folder)), num_tokens

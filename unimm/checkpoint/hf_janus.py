@@ -304,10 +304,15 @@ def _chat_roles(hf_processor) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
-def processor_from_hf(folder: str | Path) -> tuple[dict[str, Any], int]:
-    """unimm ``processor`` settings for a folder in transformers' Janus layout, and its ``num_image_tokens``.
+def processor_from_hf(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """unimm ``processor`` settings for a folder in transformers' Janus layout, and what its image processor and
+    processor config say: ``image_size``, ``pixel_mean``, ``pixel_std`` and ``num_image_tokens``.
 
     ``JanusProcessor`` itself reads the files (tokenizer with its image tokens, processor config, template).
+
+    Raises:
+        CheckpointError: unreadable files, no pad token, a template of another form, or image settings unimm's
+            transform does not take (another ``min_size`` or ``rescale_factor``, a non-square size), named.
     """
     from transformers import JanusProcessor
     from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
@@ -327,7 +332,16 @@ def processor_from_hf(folder: str | Path) -> tuple[dict[str, Any], int]:
         "image_tag": hf.image_token, "image_start_tag": hf.image_start_token, "image_end_tag": hf.image_end_token,
         "generation_tag": hf.image_start_token, "pad_tag": hf.tokenizer.pad_token,
     }
-    return settings, int(hf.num_image_tokens)
+    images = hf.image_processor
+    for key, want in (("min_size", 14), ("rescale_factor", 1 / 255), ("do_pad", True), ("do_resize", True)):
+        if getattr(images, key, want) != want:
+            raise CheckpointError(f"{folder}: image processor {key} = {getattr(images, key)!r}; unimm reads {want!r}")
+    size = dict(images.size)
+    if size.get("height") != size.get("width"):
+        raise CheckpointError(f"{folder}: image processor size {size}: unimm reads square images")
+    return settings, {"image_size": int(size["height"]), "pixel_mean": [float(x) for x in images.image_mean],
+                      "pixel_std": [float(x) for x in images.image_std],
+                      "num_image_tokens": int(hf.num_image_tokens)}
 
 
 def chat_template(roles: tuple[str, str] | list[str], image_tag: str, eos: str) -> str:
@@ -394,15 +408,15 @@ def hf_config(model, processor) -> dict[str, Any]:
     if not isinstance(encoder, SigLIPEncoder):
         raise _refuse("model.und_encoder", f"it is a {type(encoder).__name__}; transformers' JanusVisionModel is a "
                       "SigLIP ViT (type siglip)")
+    if not isinstance(path, VQGenerationPath):
+        kind = "none" if path is None else type(path).__name__
+        raise _refuse("model.generator", f"it is {kind}; transformers' Janus generates with the VQ path only "
+                      "(JanusFlow's rectified flow is not in transformers)")
     if model.und_start_embed is not None:
         raise _refuse("model.und_start_embed", "JanusFlow's learned begin-of-understanding embedding has no place")
     if not isinstance(backbone, CausalLMBackbone) or backbone.model_type != "llama":
         kind = getattr(backbone, "model_type", type(backbone).__name__)
         raise _refuse("model.backbone", f"it is a {kind} model; transformers' Janus reads a Llama language model")
-    if not isinstance(path, VQGenerationPath):
-        kind = "none" if path is None else type(path).__name__
-        raise _refuse("model.generator", f"it is {kind}; transformers' Janus generates with the VQ path only "
-                      "(JanusFlow's rectified flow is not in transformers)")
     vq, head = path.autoencoder, path.head
     if not isinstance(vq, VQTokenizer):
         raise _refuse("model.generator.autoencoder", f"it is a {type(vq).__name__}; transformers holds LlamaGen VQ")
