@@ -214,15 +214,6 @@ def _check_fixed(section: dict[str, Any], fixed: dict[str, Any], where: str) -> 
             raise CheckpointError(f"config.json {where}.{key} = {section[key]!r}: unimm builds only {want!r} here")
 
 
-def _pair(value: Any, where: str) -> int:
-    """An int, or a square [h, w] pair, as transformers allows for image and patch sizes."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise CheckpointError(f"config.json {where} = {value!r}: unimm builds square images and patches only")
-        value = value[0]
-    return int(value)
-
-
 def config_from_hf(config: dict[str, Any]) -> dict[str, Any]:
     """The unimm ``model`` section for transformers' Janus ``config.json`` (the processor is read separately).
 
@@ -248,8 +239,7 @@ def config_from_hf(config: dict[str, Any]) -> dict[str, Any]:
         if value != hidden:
             raise CheckpointError(f"config.json {where} = {value}: must equal text_config.hidden_size = {hidden} "
                                   "(the aligners feed the language model and the image head reads it)")
-    image_size = _pair(vision["image_size"], "vision_config.image_size")
-    patch_size = _pair(vision["patch_size"], "vision_config.patch_size")
+    image_size, patch_size = int(vision["image_size"]), int(vision["patch_size"])  # JanusConfig takes ints only
     grid = image_size // patch_size
     if vision["num_image_tokens"] != grid * grid:
         raise CheckpointError(f"config.json vision_config.num_image_tokens = {vision['num_image_tokens']}: "
