@@ -40,26 +40,26 @@ HUB_STYLE_TEMPLATE = (
 )
 
 
-def tiny_janus_config():
+def tiny_janus_config(tied: bool = False):
     from transformers import JanusConfig
 
     text = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, vocab_size=427, max_position_embeddings=256,
-                tie_word_embeddings=False)
+                tie_word_embeddings=tied)
     vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16,
                   projection_dim=64, depth=2, num_image_tokens=16)
     vq = dict(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32, channel_multiplier=[1, 1, 2],
               projection_dim=64, image_token_embed_dim=64, num_hidden_layers=2)
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=421,
-                       tie_word_embeddings=False)
+                       tie_word_embeddings=tied)
 
 
-def write_hf_folder(folder):
+def write_hf_folder(folder, tied: bool = False):
     """A tiny random ``JanusForConditionalGeneration`` and its ``JanusProcessor``, saved the way transformers does."""
     from transformers import AutoTokenizer, JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 
     torch.manual_seed(0)
-    model = JanusForConditionalGeneration(tiny_janus_config()).eval()
+    model = JanusForConditionalGeneration(tiny_janus_config(tied)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if not name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight")):
@@ -164,3 +164,23 @@ def test_guided_image_codes_and_pixels_equal(setup):
     assert len(set(expected.flatten().tolist())) > 4  # not a constant image
     pixels = hf_model.decode_image_tokens(expected).permute(0, 3, 1, 2)  # transformers gives (B, H, W, C)
     torch.testing.assert_close(out.images, pixels, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_tied_head_stays_tied_both_ways(tmp_path):
+    """transformers ties the LM head to the input embeddings by the top-level flag and saves it once; unimm reads
+    it tied, and writes it back the same way."""
+    from transformers import JanusForConditionalGeneration
+
+    from unimm.checkpoint.hf_janus import save_hf
+
+    hf_model = write_hf_folder(tmp_path / "in", tied=True)
+    model, processor, _ = unimm.load_pretrained(tmp_path / "in")
+    lm = model.backbone.lm
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    again, info = JanusForConditionalGeneration.from_pretrained(str(save_hf(model, processor, tmp_path / "out")),
+                                                                output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert again.lm_head.weight is again.model.language_model.embed_tokens.weight
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    torch.testing.assert_close(again(input_ids=ids).logits, hf_model(input_ids=ids).logits)
