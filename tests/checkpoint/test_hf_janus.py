@@ -207,3 +207,23 @@ def test_released_to_unimm_to_transformers_to_unimm_keeps_every_weight(tmp_path,
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert cfg.model.und_encoder.image_processor == "transformers"
     assert processor.roles == ("<|User|>", "<|Assistant|>") and processor.system_prompt  # the default one
+
+
+def test_the_written_chat_template_is_the_processors_format(tmp_path):
+    """The template ``--to hf`` writes renders a multi-turn conversation (image, answer, follow-up) as unimm's
+    processor formats it."""
+    from transformers import JanusProcessor
+
+    from unimm.checkpoint.hf_janus import save_hf
+
+    model, processor, _ = unimm.load_pretrained(JANUS, overrides=[GEN_16])
+    hf = JanusProcessor.from_pretrained(str(save_hf(model, processor, tmp_path / "hf")))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Which colour?"}]}]
+    turns = [{"role": "user", "content": "<image_placeholder>\nWhat is it?"},
+             {"role": "assistant", "content": "A square."},
+             {"role": "user", "content": "Which colour?"}, {"role": "assistant", "content": ""}]
+    text, _ = processor.format_conversation(turns, system_prompt="")
+    assert hf.apply_chat_template(messages, add_generation_prompt=True) == text
+    assert text.count("<｜end▁of▁sentence｜>") == 1 and text.endswith("Which colour?\n\n<|Assistant|>:")

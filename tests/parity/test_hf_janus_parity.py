@@ -28,14 +28,16 @@ pytestmark = pytest.mark.parity
 QUESTION = "What shape is in the picture?"
 CAPTIONS = ["a red square on a blue background", "a green circle"]  # two lengths: left padding is exercised
 IMAGE_TOKENS = {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
-# A template of the hub's form (role, colon, content parts; answers end with the end-of-sentence token), written
-# here rather than taken from unimm, so the loader is tested on a folder unimm did not write.
+# A template of the hub's form, written here rather than taken from unimm so that the loader is tested on a folder
+# unimm did not write: role and colon, content parts (an image on its own line), and a separator ("\n\n" after the
+# user, the end-of-sentence token after an answer) only after a turn that is not the last one.
 HUB_STYLE_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}<|User|>: {% else %}<|Assistant|>:"
     "{% if m['content'] %} {% endif %}{% endif %}"
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image_placeholder>{% if not loop.last %}{{ '\\n' }}"
     "{% endif %}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% if m['role'] == 'user' %}{{ '\\n\\n' }}{% else %}<｜end▁of▁sentence｜>{% endif %}{% endfor %}"
+    "{% if not loop.last or add_generation_prompt %}"
+    "{% if m['role'] == 'user' %}{{ '\\n\\n' }}{% else %}<｜end▁of▁sentence｜>{% endif %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
 )
 
@@ -184,3 +186,17 @@ def test_a_tied_head_stays_tied_both_ways(tmp_path):
     assert again.lm_head.weight is again.model.language_model.embed_tokens.weight
     ids = torch.tensor([[0, 5, 6, 7, 8]])
     torch.testing.assert_close(again(input_ids=ids).logits, hf_model(input_ids=ids).logits)
+
+
+def test_a_multi_turn_prompt_is_the_same_text(setup):
+    """The folder's template and unimm's processor agree past the first turn too (an answer, then a follow-up)."""
+    folder, hf_model, hf_processor, model, processor, image = setup
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Which colour?"}]}]
+    turns = [{"role": "user", "content": f"<image_placeholder>\n{QUESTION}"},
+             {"role": "assistant", "content": "A square."}, {"role": "user", "content": "Which colour?"},
+             {"role": "assistant", "content": ""}]
+    text = hf_processor.apply_chat_template(messages, add_generation_prompt=True)
+    theirs = hf_processor(text=text, images=[image], return_tensors="pt")
+    assert torch.equal(processor(turns, [image])["input_ids"], theirs["input_ids"])

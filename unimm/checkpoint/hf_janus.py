@@ -274,23 +274,28 @@ def config_from_hf(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- processor files ---------------------------------------------------------------------------------------------
-_PROBE_USER, _PROBE_ANSWER = "\u00a7question", "\u00a7answer"
+_PROBE = ("\u00a7question", "\u00a7answer", "\u00a7next")
 
 
 def _chat_roles(hf_processor) -> tuple[str, str]:
     """The (user, assistant) role names of the folder's chat template, read by rendering a probe conversation:
-    the template must write unimm's DeepSeek form ``USER: question\\n\\nASSISTANT: answer<eos>``."""
+    the template must write unimm's DeepSeek form ``USER: question\\n\\nASSISTANT: answer<eos>USER: next``.
+
+    The probe ends with a user turn because templates of the hub's form write no separator after the last turn.
+    """
     eos = hf_processor.tokenizer.eos_token or ""
-    probe = [{"role": "user", "content": [{"type": "text", "text": _PROBE_USER}]},
-             {"role": "assistant", "content": [{"type": "text", "text": _PROBE_ANSWER}]}]
+    question, answer, follow_up = _PROBE
+    probe = [{"role": role, "content": [{"type": "text", "text": text}]}
+             for role, text in zip(("user", "assistant", "user"), _PROBE)]
     try:
         text = hf_processor.apply_chat_template(probe, tokenize=False)
     except Exception as err:  # no template, or one that does not render
         raise CheckpointError(f"the folder's chat template does not render a conversation: {err}") from None
-    found = re.fullmatch(rf"(.+?): {_PROBE_USER}\n\n(.+?): {_PROBE_ANSWER}{re.escape(eos)}\s*", text, re.S)
+    form = rf"(.+?): {question}\n\n(.+?): {answer}{re.escape(eos)}\1: {follow_up}\s*"
+    found = re.fullmatch(form, text, re.S)
     if found is None:
         raise CheckpointError(f"the folder's chat template writes {text!r}, not the DeepSeek form "
-                              "'USER: question\\n\\nASSISTANT: answer<eos>' unimm's processor reproduces")
+                              "'USER: question\\n\\nASSISTANT: answer<eos>USER: ...' unimm's processor reproduces")
     return found.group(1), found.group(2)
 
 
