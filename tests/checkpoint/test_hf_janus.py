@@ -208,6 +208,13 @@ def test_released_to_unimm_to_transformers_to_unimm_keeps_every_weight(tmp_path,
     assert cfg.model.und_encoder.image_processor == "transformers"
     assert processor.roles == ("<|User|>", "<|Assistant|>") and processor.system_prompt  # the default one
 
+    # ... and on to unimm's own format, which keeps the transformers-layout settings
+    assert main(["convert", str(dst), str(tmp_path / "unimm")]) == 0
+    saved, saved_processor, saved_cfg = unimm.load_pretrained(tmp_path / "unimm")
+    assert all(torch.equal(saved.state_dict()[k], before[k]) for k in before)
+    assert saved_cfg.model.und_encoder.image_processor == "transformers"
+    assert saved_processor.settings() == processor.settings()
+
 
 def test_the_written_chat_template_is_the_processors_format(tmp_path):
     """The template ``--to hf`` writes renders a multi-turn conversation (image, answer, follow-up) as unimm's
