@@ -234,3 +234,11 @@ def test_the_written_chat_template_is_the_processors_format(tmp_path):
     text, _ = processor.format_conversation(turns, system_prompt="")
     assert hf.apply_chat_template(messages, add_generation_prompt=True) == text
     assert text.count("<｜end▁of▁sentence｜>") == 1 and text.endswith("Which colour?\n\n<|Assistant|>:")
+
+
+def test_convert_does_not_write_over_a_unimm_folder(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    assert main(["convert", str(JANUS), str(tmp_path), "--to", "hf", "--override", GEN_16]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a unimm model (config.yaml)" in err
+    assert not (tmp_path / "config.json").exists()

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..registry import CheckpointError
+from ..registry import CheckpointError, InputError
 
 # -- weight names ------------------------------------------------------------------------------------------------
 
@@ -455,6 +455,7 @@ def save_hf(model, processor, folder: str | Path) -> Path:
     Raises:
         CheckpointError: a part the layout cannot hold (see :func:`hf_config`), or a system prompt
             ``JanusProcessor`` cannot add.
+        InputError: ``folder`` holds a unimm model already.
     """
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, GenerationConfig, JanusConfig, JanusImageProcessor, JanusProcessor
@@ -466,6 +467,8 @@ def save_hf(model, processor, folder: str | Path) -> Path:
         raise _refuse("processor.system_prompt", "JanusProcessor adds its default system prompt or none; set "
                       "processor.system_prompt to '' or to that default")
     folder = Path(folder)
+    if (folder / "config.yaml").is_file():  # load_pretrained would read that one, not the layout written here
+        raise InputError(f"{folder} holds a unimm model (config.yaml); write transformers' layout to another folder")
     folder.mkdir(parents=True, exist_ok=True)
     config = JanusConfig(**fields)
     config.dtype = model.dtype
