@@ -10,7 +10,9 @@ drawn wider than its 0.02 default so that argmax decisions have margins), saved 
   and the test shows the reference transform would give other pixels on the same picture;
 * guidance rows: transformers keeps BOS and BOI and pads every other token, the reference keeps a row's first and
   last real tokens; on prompts that start with BOS and end with BOI (all of unimm's) the rows are equal, checked
-  below; transformers stacks them [cond; uncond] where the reference interleaves them, which changes no number.
+  below; transformers stacks them [cond; uncond] where the reference interleaves them, which changes no number;
+* tokenizing images (training only): transformers' VQ encoder picks the nearest raw code, the reference the nearest
+  l2-normalised one; unimm keeps the reference's in both layouts, and the test shows where they part.
 """
 
 from __future__ import annotations
@@ -200,3 +202,19 @@ def test_a_multi_turn_prompt_is_the_same_text(setup):
     text = hf_processor.apply_chat_template(messages, add_generation_prompt=True)
     theirs = hf_processor(text=text, images=[image], return_tensors="pt")
     assert torch.equal(processor(turns, [image])["input_ids"], theirs["input_ids"])
+
+
+@torch.no_grad()
+def test_tokenizing_images_differs_in_the_quantiser_only(setup):
+    """Where unimm keeps the reference in both layouts: transformers' ``JanusVQVAE.encode`` takes the nearest raw
+    code, the reference (and unimm) the nearest l2-normalised one. The networks around the quantiser agree."""
+    folder, hf_model, hf_processor, model, processor, image = setup
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    vq, theirs = model.generator.autoencoder, hf_model.model.vqmodel.encode(images)
+    latents = vq.quant_conv(vq.encoder(images))
+    torch.testing.assert_close(latents, hf_model.model.vqmodel.quant_conv(theirs.last_hidden_state))
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    raw_nearest = torch.cdist(flat, vq.quantize.embedding.weight).argmin(dim=-1)
+    assert torch.equal(theirs.image_tokens, raw_nearest)
+    assert not torch.equal(model.generator.encode_images(images).flatten(), raw_nearest)
