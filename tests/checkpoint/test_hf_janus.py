@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import unimm
-from conftest import GOLDEN
+from conftest import GOLDEN, OFFICIAL
 from unimm.checkpoint.hf_janus import RULES, config_from_hf, from_hf, hf_config, to_hf
 from unimm.cli import main
 from unimm.registry import CheckpointError
@@ -177,7 +177,7 @@ def test_other_backbones_and_encoders_are_refused(overrides, message):
     cfg = load_config("janus_tiny", overrides)
     model = build_model(cfg)
     with pytest.raises(CheckpointError, match=message):
-        hf_config(model, build_processor(cfg, model))
+        hf_config(model, build_processor(cfg, model).image_id)
 
 
 # -- (e) round trip ----------------------------------------------------------------------------------------------
@@ -242,3 +242,26 @@ def test_convert_does_not_write_over_a_unimm_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a unimm model (config.yaml)" in err
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("name", ["Janus-1.3B", "Janus-Pro-1B", "Janus-Pro-7B"])
+def test_full_size_released_models_fit_transformers_janus(name):
+    """On the meta device: a released model, built by unimm, gives transformers' JanusConfig fields whose model has
+    exactly the converted names and shapes; Janus-Pro-1B's vision and VQ sizes are JanusConfig's own defaults."""
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    from unimm.checkpoint.released import config_from_released
+
+    released = json.loads((OFFICIAL / name / "config.json").read_text())
+    with torch.device("meta"):
+        model = unimm.build_model(config_from_released(released))
+        fields = hf_config(model, image_token_id=100581)
+        hf = JanusForConditionalGeneration(JanusConfig(**fields))
+    expected = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in to_hf(model.state_dict()).items()}
+    assert got == expected
+    if name == "Janus-Pro-1B":
+        defaults = JanusConfig().to_dict()
+        for section in ("vision_config", "vq_config"):
+            ours = JanusConfig(**fields).to_dict()[section]
+            assert {k: ours[k] for k in fields[section]} == {k: defaults[section][k] for k in fields[section]}

@@ -387,8 +387,9 @@ def _mlp_depth(aligner, part: str) -> int:
     return sum(isinstance(layer, nn.Linear) for layer in layers)
 
 
-def hf_config(model, processor) -> dict[str, Any]:
-    """The ``JanusConfig`` fields for a unimm model, after checking every part has a place in the layout.
+def hf_config(model, image_token_id: int) -> dict[str, Any]:
+    """The ``JanusConfig`` fields for a unimm model (``image_token_id``: its processor's image placeholder id), after
+    checking every part has a place in the layout.
 
     Raises:
         CheckpointError: naming the first part transformers' Janus cannot hold, and why.
@@ -443,7 +444,7 @@ def hf_config(model, processor) -> dict[str, Any]:
             image_token_embed_dim=backbone.hidden_size,
             num_hidden_layers=_mlp_depth(path.aligner, "model.generator.aligner"),
         ),
-        image_token_id=processor.image_id,
+        image_token_id=image_token_id,
         tie_word_embeddings=tied,
     )
 
@@ -461,7 +462,7 @@ def save_hf(model, processor, folder: str | Path) -> Path:
     from transformers import AutoTokenizer, GenerationConfig, JanusConfig, JanusImageProcessor, JanusProcessor
     from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
-    fields = hf_config(model, processor)
+    fields = hf_config(model, processor.image_id)
     system = processor.system_prompt or ""
     if system not in ("", DEFAULT_SYSTEM_PROMPT.strip()):
         raise _refuse("processor.system_prompt", "JanusProcessor adds its default system prompt or none; set "
