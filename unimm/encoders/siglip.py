@@ -19,10 +19,10 @@ from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
 from .base import UnderstandingEncoder
 
-# Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
 #: The image processors a SigLIP encoder's transform can follow (``image_processor``).
 IMAGE_PROCESSORS = ("reference", "transformers")
 
+# Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
 SIGLIP_VARIANTS: dict[str, dict] = {
     "siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16, mlp_ratio=4.0),
     "siglip_so400m_patch14_384": dict(image_size=384, patch_size=14, width=1152, layers=27, heads=16, mlp_ratio=3.7362),
