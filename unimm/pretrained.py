@@ -70,7 +70,8 @@ def load_pretrained(
     path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> Pretrained:
-    """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, or unimm's) with its processor.
+    """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or unimm's)
+    with its processor.
 
     Args:
         path: the folder.
