@@ -154,6 +154,9 @@ def test_a_bad_folder_is_one_line_from_the_cli(tmp_path, capsys):
     (JANUS, [], "model.generator.image_size cannot be written in transformers' Janus layout: 64 gives a 16x16 code "
                 "grid, but transformers decodes the understanding grid (4x4); convert with --override "
                 "model.generator.image_size=16"),
+    (JANUS, [GEN_16, "processor.system_prompt=Be brief."], "processor.system_prompt cannot be written in "
+                                                           "transformers' Janus layout: JanusProcessor adds its "
+                                                           "default system prompt or none"),
 ])
 def test_convert_refuses_parts_transformers_cannot_hold(tmp_path, capsys, src, overrides, message):
     argv = ["convert", str(src), str(tmp_path / "out"), "--to", "hf"]
@@ -169,6 +172,11 @@ def test_convert_refuses_parts_transformers_cannot_hold(tmp_path, capsys, src, o
     (["model.und_encoder=@parts/und_encoder/sam_siglip_tiny", "model.und_aligner=@parts/und_aligner/"
       "hybrid_split_mlp_gelu"], "model.und_encoder cannot be written in transformers' Janus layout: it is a "
                                 "HybridEncoder; transformers' JanusVisionModel is a SigLIP ViT"),
+    (["model.und_aligner.type=linear", "model.generator.image_size=8"],
+     r"model.und_aligner cannot be written in transformers' Janus layout: it is a bare Linear \(type linear\); "
+     r"transformers holds Linear \+ \(GELU, Linear\) stacks: use type mlp_gelu"),
+    (["model.generator.head.embed_dim=32"], "model.generator.head cannot be written in transformers' Janus layout: "
+                                            "transformers' image head has the language model's width inside"),
 ])
 def test_other_backbones_and_encoders_are_refused(overrides, message):
     from unimm.build import build_model, build_processor

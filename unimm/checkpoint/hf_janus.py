@@ -383,7 +383,9 @@ def _mlp_depth(aligner, part: str) -> int:
 
     layers = getattr(aligner, "layers", None)
     if not isinstance(aligner, MLPAligner) or not isinstance(layers, nn.Sequential):
-        raise _refuse(part, f"it is a {type(aligner).__name__}; transformers holds MLP aligners (type mlp_gelu)")
+        kind = "a bare Linear (type linear)" if isinstance(layers, nn.Linear) else f"a {type(aligner).__name__}"
+        raise _refuse(part, f"it is {kind}; transformers holds Linear + (GELU, Linear) stacks: use type mlp_gelu "
+                      "(depth 1 is one Linear)")
     return sum(isinstance(layer, nn.Linear) for layer in layers)
 
 
