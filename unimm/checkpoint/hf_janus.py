@@ -3,8 +3,8 @@
 transformers 5 ships Janus / Janus-Pro as ``JanusForConditionalGeneration`` with its own folder layout:
 ``config.json`` (``text_config`` a Llama config, ``vision_config``, ``vq_config``, ``image_token_id``),
 ``model.safetensors`` (names below), ``generation_config.json``, and the ``JanusProcessor`` files
-(``processor_config.json`` with ``num_image_tokens``, ``preprocessor_config.json``, the chat template, a tokenizer
-whose ``extra_special_tokens`` name ``image_token`` / ``boi_token`` / ``eoi_token``).
+(``processor_config.json`` with ``num_image_tokens`` and the image processor's settings, the chat template, a
+tokenizer whose ``extra_special_tokens`` name ``image_token`` / ``boi_token`` / ``eoi_token``).
 
 * :func:`config_from_hf` maps ``config.json`` onto unimm's slots (SigLIP encoder, ``mlp_gelu`` aligners, the VQ
   path, a Llama backbone), every width taken from the config; anything transformers can hold but unimm cannot
@@ -16,7 +16,9 @@ Where transformers computes differently from the released code, a folder read fr
 transformers (the released folders keep following the reference): its image transform is transformers' own
 ``JanusImageProcessor`` (``und_encoder.image_processor: transformers``). The guidance rows need no setting: its rule
 (keep BOS and BOI, pad the rest) equals the reference's on unimm's prompts, which start with BOS and end with BOI,
-and stacking the rows [cond; uncond] instead of interleaving them changes no number.
+and stacking the rows [cond; uncond] instead of interleaving them changes no number. Tokenizing images (training)
+keeps the reference's l2-normalised nearest code in both layouts; transformers' ``JanusVQVAE.encode`` takes the raw
+nearest code. ``tests/parity/test_hf_janus_parity.py`` pins each of these.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ _QKV = ("q", "k", "v")
 
 
 def _regex(template: str, side: str) -> re.Pattern:
+    """A template's regex on one side (``"unimm"`` or ``"hf"``): each ``{field}`` a named group, ``{qkv}`` one of
+    q, k, v."""
     pattern = re.escape(template).replace(r"\{qkv\}", "{qkv}")
     for name, field in FIELDS.items():
         pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{getattr(field, side)})")
@@ -124,6 +128,8 @@ _COMPILED = [(rule, _regex(rule.unimm, "unimm"), _regex(rule.hf, "hf")) for rule
 
 
 def _fill(template: str, values: dict[str, str], direction: str, levels: int) -> str:
+    """The other side's template with the matched ``values``, each mapped by its field (``direction`` is
+    ``"to_hf"`` or ``"to_unimm"``)."""
     out = template
     for name, value in values.items():
         if name in FIELDS:
