@@ -6,7 +6,7 @@
     unimm understand [--model M] --batch QUESTIONS.jsonl --out ANSWERS.jsonl
     unimm chat [--model M]                       a conversation on standard input (/image PATH, /reset, /quit)
     unimm generate [--model M] --prompt P [--num-images K] [--out DIR]
-    unimm convert SRC DST                        a released folder -> unimm's format
+    unimm convert SRC DST [--to unimm|hf]        a model folder -> unimm's format, or transformers' Janus layout
     unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
     unimm bench export ...                       write the synthetic shapes benchmark to disk
     unimm bench evaluate [--model M] DATA        score a model on an exported split
@@ -222,6 +222,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .pretrained import save_pretrained
 
     model, processor, cfg = _load(args.src, args.overrides)
+    if args.to == "hf":  # transformers' JanusForConditionalGeneration layout (unimm.checkpoint.hf_janus)
+        from .checkpoint.hf_janus import save_hf
+
+        print(save_hf(model, processor, args.dst))
+        return
     record_imports(cfg, args.imports)  # the converted folder imports them again when loaded
     print(save_pretrained(model, processor, cfg, args.dst))
 
@@ -381,9 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 
-    conv = sub.add_parser("convert", help="convert a released checkpoint folder to unimm's format")
+    conv = sub.add_parser("convert", help="convert a model folder to unimm's format or transformers' Janus layout")
     conv.add_argument("src")
     conv.add_argument("dst")
+    conv.add_argument("--to", choices=("unimm", "hf"), default="unimm",
+                      help="unimm: unimm's own format (default); hf: transformers' Janus layout, loadable with "
+                      "JanusForConditionalGeneration.from_pretrained (Janus / Janus-Pro parts only)")
     conv.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     import_args(conv)
     conv.set_defaults(func=cmd_convert)

@@ -3,7 +3,8 @@
 unimm's format is a folder with ``config.yaml`` (the resolved config), ``model.safetensors`` (every weight, VAE
 included) and the tokenizer files. ``load_pretrained`` also reads released Janus / Janus-Pro / JanusFlow folders
 (``config.json`` of type ``multi_modality`` with ``model.safetensors``, ``pytorch_model.bin`` or sharded ``.bin``
-files and an index), converting names with the tested converters in :mod:`unimm.checkpoint`.
+files and an index), converting names with the tested converters in :mod:`unimm.checkpoint`, and folders in
+transformers' own Janus layout (``model_type: "janus"``, :mod:`unimm.checkpoint.hf_janus`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def load_pretrained(
     path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> Pretrained:
-    """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, or unimm's) with its processor.
+    """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or unimm's)
+    with its processor.
 
     Args:
         path: the folder.
@@ -82,10 +84,14 @@ def load_pretrained(
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
+    num_tokens = None  # image tokens the folder's own processor writes (transformers' layout)
     if (folder / "config.yaml").is_file():
         cfg = load_config(folder / "config.yaml", overrides)
         state = load_weights(folder)
         source = f"unimm checkpoint {folder}"
+    elif (folder / "config.json").is_file() and _model_type(folder) == "janus":
+        cfg, state, num_tokens = _hf_janus_folder(folder, overrides)
+        source = f"transformers Janus checkpoint {folder}"
     elif (folder / "config.json").is_file():
         kind = released_kind(json.loads((folder / "config.json").read_text()))
         cfg = released_config(folder, overrides)
@@ -95,6 +101,9 @@ def load_pretrained(
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
     model = build_model(cfg)
     processor = build_processor(cfg, model)
+    if num_tokens is not None and processor.num_image_tokens != num_tokens:
+        raise CheckpointError(f"{folder}/processor_config.json: num_image_tokens = {num_tokens}, but the vision "
+                              f"config gives {processor.num_image_tokens} patch tokens per image")
     # Parts loaded from their own folder already hold their weights; a checkpoint may leave them out.
     external = tuple(f"{name}." for name, _, _ in folded_parts(model))
     for name, module in model.named_modules():
@@ -103,6 +112,30 @@ def load_pretrained(
     load_into(model, state, source=source, ignore_missing=external)
     model.to(device=device, dtype=dtype).eval()
     return Pretrained(model, processor, cfg)
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{folder}/config.json is not a JSON object: {err}") from None
+
+
+def _hf_janus_folder(folder: Path, overrides) -> tuple[DictConfig, dict, int]:
+    """Config, unimm-named weights and ``num_image_tokens`` of a folder in transformers' Janus layout."""
+    from .checkpoint.hf_janus import config_from_hf, from_hf, processor_from_hf
+
+    model = config_from_hf(json.loads((folder / "config.json").read_text()))
+    processor, images = processor_from_hf(folder)
+    encoder = model["und_encoder"]
+    if images["image_size"] != encoder["image_size"]:
+        raise CheckpointError(f"{folder}: the image processor's size {images['image_size']} is not the vision "
+                              f"config's image_size {encoder['image_size']}")
+    encoder.update(pixel_mean=images["pixel_mean"], pixel_std=images["pixel_std"])
+    num_tokens = images["num_image_tokens"]
+    cfg = apply_overrides(OmegaConf.create({"name": folder.name, "model": model, "processor": processor}), overrides)
+    validate_sections(cfg)
+    return cfg, from_hf(load_weights(folder)), num_tokens
 
 
 def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path) -> Path:

@@ -34,7 +34,7 @@ def released_kind(config: dict[str, Any]) -> str:
     if config.get("model_type") != "multi_modality":
         raise CheckpointError(
             f"config.json has model_type {config.get('model_type')!r}; unimm reads released 'multi_modality' "
-            f"checkpoints (Janus, Janus-Pro, JanusFlow) or its own folders (config.yaml)"
+            f"checkpoints (Janus, Janus-Pro, JanusFlow), transformers' 'janus' folders or its own (config.yaml)"
         )
     if "vision_gen_enc_config" in config:
         return "janusflow"

@@ -19,6 +19,9 @@ from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
 from .base import UnderstandingEncoder
 
+#: The image processors a SigLIP encoder's transform can follow (``image_processor``).
+IMAGE_PROCESSORS = ("reference", "transformers")
+
 # Released SigLIP towers, as named in the Janus / DeepSeek-VL configs.
 SIGLIP_VARIANTS: dict[str, dict] = {
     "siglip_large_patch16_384": dict(image_size=384, patch_size=16, width=1024, layers=24, heads=16, mlp_ratio=4.0),
@@ -40,6 +43,12 @@ class SigLIPEncoder(UnderstandingEncoder):
         path: a folder written by :meth:`save` (e.g. by :func:`unimm.train.encoder.pretrain_encoder`): its
             ``config.json`` gives the sizes (sizes written here must agree; ``variant`` is not read) and its
             weights are loaded.
+        attention_pool: keep SigLIP's attention-pool ("MAP") head. The released checkpoints hold it (Janus never
+            reads it); transformers' ``JanusVisionModel`` has none, so folders in its layout build without it.
+        image_processor: how :meth:`transform` prepares pictures. ``"reference"``: the released
+            ``VLMImageProcessor`` (PIL resize of the long side with truncated sizes, pad, normalise);
+            ``"transformers"``: transformers' own ``JanusImageProcessor`` (tensor resize with rounded sizes), which
+            folders in transformers' Janus layout use. The two differ by a pixel of size or a level of colour.
 
     Input: (B, 3, image_size, image_size) normalised pixels. Output: (B, num_tokens, out_dim).
     """
@@ -57,6 +66,8 @@ class SigLIPEncoder(UnderstandingEncoder):
         pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
         pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
         path: str | None = None,
+        attention_pool: bool = True,
+        image_processor: str = "reference",
         *,
         where: str = "model.und_encoder",
     ):
@@ -74,6 +85,9 @@ class SigLIPEncoder(UnderstandingEncoder):
             pixel_mean, pixel_std = sizes.pop("pixel_mean", pixel_mean), sizes.pop("pixel_std", pixel_std)
         else:
             sizes = resolve_sizes(given, variant, SIGLIP_VARIANTS, family="SigLIP", where=where)
+        if image_processor not in IMAGE_PROCESSORS:
+            raise ConfigError(f"{where}.image_processor = {image_processor!r}: use one of "
+                              f"{', '.join(IMAGE_PROCESSORS)}")
         if sizes["image_size"] % sizes["patch_size"]:
             raise ConfigError(
                 f"{where}: image_size {sizes['image_size']} is not a multiple of patch_size "
@@ -88,6 +102,7 @@ class SigLIPEncoder(UnderstandingEncoder):
         self.patch_size = int(sizes["patch_size"])
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
+        self.image_processor = image_processor
         self.vit = VisionTransformer(
             img_size=self.image_size,
             patch_size=self.patch_size,
@@ -96,7 +111,7 @@ class SigLIPEncoder(UnderstandingEncoder):
             num_heads=int(sizes["heads"]),
             mlp_ratio=float(sizes["mlp_ratio"]),
             class_token=False,
-            global_pool="map",
+            global_pool="map" if attention_pool else "",
             num_classes=0,
         )
         #: The sizes as built (``layers`` counts the blocks kept): what :meth:`save` writes and ``path`` reads.
@@ -135,9 +150,20 @@ class SigLIPEncoder(UnderstandingEncoder):
         side = self.image_size // self.patch_size
         return {**state, key: resample_abs_pos_embed(saved, new_size=[side, side], num_prefix_tokens=0)}
 
+    def transform(self):
+        """The image transform :attr:`image_processor` names (see the class docstring)."""
+        if self.image_processor == "transformers":
+            from .transforms import TransformersJanusTransform
+
+            return TransformersJanusTransform(self.image_size, self.pixel_mean, self.pixel_std)
+        return super().transform()
+
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, out_dim): one embedding per image from SigLIP's attention-pool ("MAP") head, the
         pooling its image-text pre-training uses (Janus keeps the head in the checkpoint but reads patch tokens)."""
+        if self.vit.attn_pool is None:
+            raise ConfigError("model.und_encoder: this SigLIP encoder has no attention-pool head "
+                              "(attention_pool: false); pool its patch tokens yourself")
         return self.vit.forward_head(self.forward(pixel_values))
 
     def save(self, folder: str | Path, notes: dict | None = None) -> Path:

@@ -187,3 +187,32 @@ class PadToSquare:
             f"PadToSquare(image_size={self.image_size}, mean={self.mean.ravel().tolist()}, "
             f"std={self.std.ravel().tolist()}, background={self.background})"
         )
+
+
+class TransformersJanusTransform:
+    """transformers' own ``JanusImageProcessor`` behind :class:`PadToSquare`'s interface, for models loaded from
+    transformers' Janus layout, so their pixels are the ones ``JanusProcessor`` gives.
+
+    It is not re-implemented here because it differs from the reference in details that matter at the last bit:
+    the short side is ``round``-ed (the reference truncates) and the resize runs on tensors (the reference resizes
+    a PIL image). Pictures are opened with :func:`load_image` first, so every input unimm accepts works.
+
+    Call: image -> float tensor (3, image_size, image_size).
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), min_size: int = 14):
+        from transformers import JanusImageProcessor
+
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.processor = JanusImageProcessor(size={"height": self.image_size, "width": self.image_size},
+                                             image_mean=list(mean), image_std=list(std),
+                                             min_size=min(min_size, self.image_size))
+
+    def __call__(self, image) -> torch.Tensor:
+        """Image -> normalised tensor (3, image_size, image_size), float32."""
+        return self.processor(load_image(image), return_tensors="pt")["pixel_values"][0].float()
+
+    def __repr__(self) -> str:
+        return f"TransformersJanusTransform(image_size={self.image_size}, mean={list(self.mean)}, std={list(self.std)})"
