@@ -61,16 +61,19 @@ def guide_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("guide")
     for name, text in FILES:
         (folder / name).write_text(text)
-    registries = {kind: (dict(r._builders), dict(r._aliases)) for kind, r in ALL_REGISTRIES.items()}
     saved_path = list(sys.path)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         yield folder
     sys.path[:] = saved_path
-    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "")).startswith(str(folder))]:
+    guide_modules = [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "")).startswith(str(folder))]
+    for name in guide_modules:
         del sys.modules[name]
-    for kind, (builders, aliases) in registries.items():
-        ALL_REGISTRIES[kind]._builders, ALL_REGISTRIES[kind]._aliases = builders, aliases
+    # Drop only what the guide's modules registered: shipped parts imported lazily meanwhile stay registered.
+    for registry in ALL_REGISTRIES.values():
+        gone = {n for n, b in registry._builders.items() if getattr(b, "__module__", None) in guide_modules}
+        registry._builders = {n: b for n, b in registry._builders.items() if n not in gone}
+        registry._aliases = {a: n for a, n in registry._aliases.items() if n not in gone}
 
 
 def test_the_guide_has_its_examples():
