@@ -360,17 +360,19 @@ class CausalLMBackbone(Backbone):
         output_hidden_states: bool = False,
     ) -> BackboneOutput:
         """Run the decoder on embeddings (B, T, D). ``attention_mask`` (B, T_past + T) marks real tokens with 1."""
+        # transformers 5 names the cache argument and output field ``cache`` (``past_key_values`` still works but
+        # warns on every run); the contract keeps unimm's own name.
         out = self.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
         return BackboneOutput(
             hidden_states=out.last_hidden_state,
-            past_key_values=out.past_key_values if use_cache else None,
+            past_key_values=out.cache if use_cache else None,
             all_hidden_states=out.hidden_states if output_hidden_states else None,
         )
 
