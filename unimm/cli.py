@@ -23,14 +23,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from .devices import device_args
 from .registry import UnimmError
 from .registry.plugins import import_modules, record_imports
 
 
-def _load(model: str | None, overrides: list[str]):
+def _load(model: str | None, overrides: list[str], args: argparse.Namespace | None = None):
     from .pretrained import DEFAULT_MODEL, load_pretrained
 
-    return load_pretrained(model or DEFAULT_MODEL, overrides=overrides)
+    placement = _placement(args) if args is not None and hasattr(args, "device") else {}
+    return load_pretrained(model or DEFAULT_MODEL, overrides=overrides, **placement)
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    """``--device`` / ``--dtype`` (added by :func:`unimm.devices.device_args`) resolved, so a bad value names the
+    flag; call it before loading anything."""
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device, option="--device")
+    return {"device": device, "dtype": resolve_dtype(args.dtype, device, option="--dtype")}
 
 
 #: Sampling flags of ``generate`` / ``bench evaluate`` -> the generation path's option names.
@@ -104,7 +115,7 @@ def cmd_understand(args: argparse.Namespace) -> None:
 
     check_args(args)
     image = load_image(args.image)  # a missing or unreadable file fails before the model is loaded
-    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
+    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"), args)
     conversation = [
         {"role": "user", "content": f"<image_placeholder>\n{args.question}"},
         {"role": "assistant", "content": ""},
@@ -121,12 +132,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_grid, save_images
 
     check_args(args)
-    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
+    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"), args)
     options = _sample_options(model, cfg, args)
     captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
     prompt_ids, prompt_mask = processor.generation_prompts(captions)
-    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, progress=True,
-                                   **options)
+    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed,
+                                   progress=args.progress, **options)
     for path in save_images(images, args.out, prefix=args.prefix):
         print(path)
     if args.grid:
@@ -159,7 +170,7 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
     check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, processor, cfg = _load(args.model, args.overrides)
+    model, processor, cfg = _load(args.model, args.overrides, args)
     tasks = [t for t in ("generation", "understanding") if getattr(args, t)] or ["generation", "understanding"]
     if model.generator is None and "generation" in tasks:
         tasks.remove("generation")
@@ -202,6 +213,8 @@ def check_args(args: argparse.Namespace) -> None:
     grid = getattr(args, "grid", None)
     if grid is not None:
         _check_image_file_name(Path(grid), "--grid")
+    if hasattr(args, "device"):
+        _placement(args)
 
 
 def _check_image_file_name(path: Path, option: str) -> None:
@@ -245,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override applied before building (repeatable)")
         p.add_argument("--seed", type=int, default=0)
+        device_args(p)
         import_args(p)
 
     def sample_args(p: argparse.ArgumentParser) -> None:
@@ -277,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--grid-scale", type=int, default=4, help="grid upscaling factor (nearest; default 4)")
     gen.add_argument("--image-size", type=int, help="side of the generated images (default: the model's; a multiple "
                      "of the tokenizer's downsampling, within the backbone's positions)")
+    gen.add_argument("--progress", action="store_true", help="show a progress bar on stderr while sampling")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 

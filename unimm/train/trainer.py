@@ -192,7 +192,7 @@ class Trainer:
         if init_from:
             from ..pretrained import load_pretrained
 
-            loaded = load_pretrained(init_from)
+            loaded = load_pretrained(init_from, device="cpu", dtype="float32")  # accelerate places the model
             self.cfg = finetune_config(self.cfg, loaded.config, init_from)
             return loaded.model.float(), processor or loaded.processor
         from ..build import build_model, build_processor
