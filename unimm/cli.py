@@ -152,14 +152,31 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(save_pretrained(model, processor, cfg, args.dst))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train_main
 
     overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
     cfg = load_config(args.config, overrides)
     record_imports(cfg, args.imports)  # the trained model imports them again when loaded
-    train_main(cfg)
+    from .train.interrupt import TrainingInterrupted
+
+    try:
+        train_main(cfg)
+    except TrainingInterrupted as stop:  # Ctrl-C: the trainer checkpointed the step; say how to go on
+        if stop.main_process:
+            print(f"unimm: interrupted after step {stop.global_step}; saved {stop.checkpoint}; resume with: "
+                  f"{_resume_command(args)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``unimm train`` command line that continues the run ``args`` started (same config, overrides, imports)."""
+    import shlex
+
+    imports = [part for module in args.imports for part in ("--import", module)]
+    return shlex.join(["unimm", "train", "--config", args.config, *args.overrides, *imports, "--resume"])
 
 
 def cmd_bench_evaluate(args: argparse.Namespace) -> None:

@@ -384,9 +384,9 @@ class CausalLMBackbone(Backbone):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation checkpointing of the decoder layers on or off."""
         if enable:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.lm.gradient_checkpointing_disable()
+            self.lm.activation_checkpointing_disable()
 
     def resize_vocab(self, vocab_size: int) -> None:
         """Grow (or shrink) the input embeddings and LM head to ``vocab_size`` rows."""
@@ -413,7 +413,7 @@ class CausalLMBackbone(Backbone):
             "type": "hf_causal_lm",
             "model_type": self.model_type,
             "attn_implementation": self.lm.config._attn_implementation,
-            "gradient_checkpointing": bool(self.lm.is_gradient_checkpointing),
+            "gradient_checkpointing": bool(self.lm.is_activation_checkpointing),
             **_plain(fields),
         }
 
