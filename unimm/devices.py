@@ -110,12 +110,29 @@ def resolve_dtype(value: str | torch.dtype | None, device: torch.device, option:
 
 def place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Move ``model`` to ``device`` and cast its floating weights and buffers to ``dtype``, except modules with
-    ``keep_float32 = True``, which stay float32. Returns the model."""
-    model.to(device=device, dtype=dtype)
-    for module in model.modules():
-        if getattr(module, "keep_float32", False):
-            module.float()
+    ``keep_float32 = True``, which stay float32 (never rounded through ``dtype``: they are not cast at all).
+    Returns the model."""
+    model.to(device=device)
+    _cast(model, dtype)
     return model
+
+
+def _cast(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``module``'s floating tensors to ``dtype``, skipping ``keep_float32`` submodules (``nn.Module.to`` has
+    no way to leave a submodule out, so the modules that hold one are cast tensor by tensor)."""
+    if getattr(module, "keep_float32", False):
+        return
+    if not any(getattr(m, "keep_float32", False) for m in module.modules()):
+        module.to(dtype=dtype)
+        return
+    for param in module.parameters(recurse=False):
+        if param.is_floating_point():
+            param.data = param.data.to(dtype)
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer.is_floating_point():
+            setattr(module, name, buffer.to(dtype))
+    for child in module.children():
+        _cast(child, dtype)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
