@@ -13,6 +13,9 @@
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
 
+``--device`` / ``--dtype`` on the commands that run a model (understand, generate, bench evaluate) say where and
+in what precision (:mod:`unimm.devices`; default ``auto``).
+
 ``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm); without it
 the small shapes model shipped in the package is used (:data:`unimm.pretrained.DEFAULT_MODEL`).
 """
