@@ -146,4 +146,6 @@ def test_half_understands_on_the_cpu(shipped, tmp_path):
     assert batch["pixel_values"].dtype == torch.float32  # cast where the model consumes it
     tokens = model16.generate_text(batch, max_new_tokens=4, eos_id=processor.eos_id, pad_id=processor.pad_id)
     assert tokens.shape[0] == 1 and processor.decode(tokens[0]).strip()
+    features = model16.encode_images(batch["pixel_values"][0])  # float32 pixels straight into a half model
+    assert features.dtype == model16.dtype and features.shape[:2] == (1, model16.und_encoder.num_tokens)
 

@@ -66,7 +66,13 @@ class UnifiedModel(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Understanding embeddings of images: (M, 3, S, S) -> (M, N (+1 with und_start_embed), D)."""
+        """Understanding embeddings of images: (M, 3, S, S) -> (M, N (+1 with und_start_embed), D).
+
+        The pixels (the processor gives float32 on the CPU) are moved and cast to the encoder's device and dtype.
+        """
+        weight = next(self.und_encoder.parameters(), None)
+        if weight is not None:
+            pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
         features = self.und_aligner(self.und_encoder(pixel_values))
         if self.und_start_embed is not None:
             start = self.und_start_embed.to(features.dtype).expand(features.shape[0], 1, -1)
