@@ -23,6 +23,7 @@ the small shapes model shipped in the package is used (:data:`unimm.pretrained.D
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -169,6 +170,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:  # Ctrl-C: the trainer checkpointed the step; say how to go on
         if stop.main_process:
             print(f"unimm: interrupted after step {stop.global_step}; saved {stop.checkpoint}; resume with: "
+                  f"{_resume_command(args)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the first step, or a second Ctrl-C: name the newest checkpoint there is
+        from .train.checkpointing import latest_checkpoint
+        from .train.trainer import TRAIN_DEFAULTS
+
+        output_dir = (cfg.get("train") or {}).get("output_dir") or TRAIN_DEFAULTS["output_dir"]
+        latest = latest_checkpoint(Path(output_dir) / "checkpoints")
+        saved = f"the newest checkpoint is {latest}" if latest else "no checkpoint was written"
+        if os.environ.get("RANK", "0") == "0":  # one line from a multi-process launch
+            print(f"unimm: interrupted before the step in flight was saved; {saved}; resume with: "
                   f"{_resume_command(args)}", file=sys.stderr)
         return 2
     return 0

@@ -98,3 +98,24 @@ def test_sigint_to_unimm_train_saves_and_prints_the_resume_command(tmp_path):
     assert f"resumed from {checkpoint} at stage finetune step {step}" in stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, step + 2))  # one more step, not a restart
+
+
+def test_ctrl_c_before_a_step_is_saved_names_the_newest_checkpoint(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the model is built (or a second one while a step finishes): exit 2, one line, no traceback."""
+    import unimm.train
+    from unimm.cli import main
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unimm.train, "train_main", interrupted)
+    argv = ["train", "--config", "janus_tiny", f"train.output_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    resume = f"resume with: unimm train --config janus_tiny train.output_dir={tmp_path / 'run'} --resume"
+    assert capsys.readouterr().err == f"unimm: interrupted before the step in flight was saved; no checkpoint " \
+                                      f"was written; {resume}\n"
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    assert main(argv) == 2
+    assert f"the newest checkpoint is {checkpoint}; {resume}\n" in capsys.readouterr().err
