@@ -163,27 +163,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
     cfg = load_config(args.config, overrides)
     record_imports(cfg, args.imports)  # the trained model imports them again when loaded
-    from .train.interrupt import TrainingInterrupted
-
     try:
         train_main(cfg)
-    except TrainingInterrupted as stop:  # Ctrl-C: the trainer checkpointed the step; say how to go on
-        if stop.main_process:
-            print(f"unimm: interrupted after step {stop.global_step}; saved {stop.checkpoint}; resume with: "
-                  f"{_resume_command(args)}", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line that says how to go on, and exit 2
+        if getattr(stop, "main_process", os.environ.get("RANK", "0") == "0"):  # one line from several processes
+            print(_interrupted_training(stop, cfg, args), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the first step, or a second Ctrl-C: name the newest checkpoint there is
-        from .train.checkpointing import latest_checkpoint
-        from .train.trainer import TRAIN_DEFAULTS
+    return 0
 
+
+def _interrupted_training(stop: KeyboardInterrupt, cfg, args: argparse.Namespace) -> str:
+    """The line for a Ctrl-C in ``unimm train``: the checkpoint of the step in flight (the trainer's
+    :class:`~unimm.train.interrupt.TrainingInterrupted`) or, for one before the first step or a second Ctrl-C,
+    the newest checkpoint there is; then the command that resumes."""
+    from .train.checkpointing import latest_checkpoint
+    from .train.interrupt import TrainingInterrupted
+    from .train.trainer import TRAIN_DEFAULTS
+
+    if isinstance(stop, TrainingInterrupted):
+        what = f"interrupted after step {stop.global_step}; saved {stop.checkpoint}"
+    else:
         output_dir = (cfg.get("train") or {}).get("output_dir") or TRAIN_DEFAULTS["output_dir"]
         latest = latest_checkpoint(Path(output_dir) / "checkpoints")
         saved = f"the newest checkpoint is {latest}" if latest else "no checkpoint was written"
-        if os.environ.get("RANK", "0") == "0":  # one line from a multi-process launch
-            print(f"unimm: interrupted before the step in flight was saved; {saved}; resume with: "
-                  f"{_resume_command(args)}", file=sys.stderr)
-        return 2
-    return 0
+        what = f"interrupted before the step in flight was saved; {saved}"
+    return f"unimm: {what}; resume with: {_resume_command(args)}"
 
 
 def _resume_command(args: argparse.Namespace) -> str:
