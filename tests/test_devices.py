@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import unimm
-from unimm.devices import place, resolve_device, resolve_dtype
+from unimm.devices import module_dtype, place, resolve_device, resolve_dtype
 from unimm.encoders.transforms import load_image
 from unimm.pretrained import DEFAULT_MODEL
 from unimm.registry import InputError
@@ -149,3 +149,18 @@ def test_half_understands_on_the_cpu(shipped, tmp_path):
     features = model16.encode_images(batch["pixel_values"][0])  # float32 pixels straight into a half model
     assert features.dtype == model16.dtype and features.shape[:2] == (1, model16.und_encoder.num_tokens)
 
+
+
+@pytest.mark.parametrize("part", ["shared_vq_tiny", "shared_vq_tied_tiny"])
+def test_an_understanding_encoder_on_the_float32_tokenizer_feeds_a_bfloat16_model(part):
+    """The Janus shared-encoder ablation reads images through a VQ tokenizer, which stays float32."""
+    from unimm.build import build_model
+    from unimm.config import load_config
+
+    cfg = load_config("janus_tiny", [f"model.und_encoder=@parts/und_encoder/{part}"])
+    model = place(build_model(cfg), torch.device("cpu"), torch.bfloat16).eval()
+    assert module_dtype(model.und_encoder.tokenizer) == torch.float32
+    size = model.und_encoder.image_size
+    with torch.no_grad():
+        features = model.encode_images(torch.rand(2, 3, size, size) * 2 - 1)
+    assert features.dtype == torch.bfloat16 and features.shape == (2, model.und_encoder.num_tokens, 64)

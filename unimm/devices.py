@@ -135,11 +135,11 @@ def _cast(module: nn.Module, dtype: torch.dtype) -> None:
         _cast(child, dtype)
 
 
-def module_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype of ``module``'s first floating parameter (float32 when it has none)."""
+def module_dtype(module: nn.Module, default: torch.dtype | None = None) -> torch.dtype:
+    """The dtype of ``module``'s first floating parameter (``default``, else float32, when it has none)."""
     import torch
 
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), default or torch.float32)
 
 
 def device_args(p: argparse.ArgumentParser) -> None:
