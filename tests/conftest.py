@@ -17,6 +17,11 @@ def golden_cases(kind: str) -> list:
 
 def pytest_configure(config):
     """The tests use tiny models, for which one thread is fastest and immune to a busy machine's contention."""
+    import os
+
+    # load_pretrained's default device is "auto" (a CUDA GPU, in bfloat16, where there is one), but the golden
+    # tests compare float32 CPU numbers: the suite runs on the CPU (CUDA_VISIBLE_DEVICES=0 ... opts a run back in).
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
 
     torch.set_num_threads(1)

@@ -16,6 +16,9 @@
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
 
+``--device`` / ``--dtype`` on the commands that run a model (understand, generate, bench evaluate) say where and
+in what precision (:mod:`unimm.devices`; default ``auto``).
+
 ``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm); without it
 the small shapes model shipped in the package is used (:data:`unimm.pretrained.DEFAULT_MODEL`).
 """
@@ -23,17 +26,31 @@ the small shapes model shipped in the package is used (:data:`unimm.pretrained.D
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from .devices import device_args
 from .registry import UnimmError
 from .registry.plugins import import_modules, record_imports
 
 
-def _load(model: str | None, overrides: list[str]):
+def _load(model: str | None, overrides: list[str], args: argparse.Namespace):
+    """The model folder (default: the shipped model) on the command's ``--device`` / ``--dtype``; a command without
+    them (``convert``) loads on the CPU in float32, so what it writes does not depend on the machine."""
     from .pretrained import DEFAULT_MODEL, load_pretrained
 
-    return load_pretrained(model or DEFAULT_MODEL, overrides=overrides)
+    placement = _placement(args) if hasattr(args, "device") else {"device": "cpu", "dtype": "float32"}
+    return load_pretrained(model or DEFAULT_MODEL, overrides=overrides, **placement)
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    """``--device`` / ``--dtype`` (added by :func:`unimm.devices.device_args`) resolved, so a bad value names the
+    flag; call it before loading anything."""
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device, option="--device")
+    return {"device": device, "dtype": resolve_dtype(args.dtype, device, option="--dtype")}
 
 
 #: Sampling flags of ``generate`` / ``bench evaluate`` -> the generation path's option names.
@@ -110,7 +127,7 @@ def cmd_understand(args: argparse.Namespace) -> None:
     if _understand_mode(args) == "batch":
         return cmd_understand_batch(args)
     image = load_image(args.image)  # a missing or unreadable file fails before the model is loaded
-    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
+    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"), args)
     batch = processor(question_conversation(args.question), [image])
     tokens = model.generate_text(
         batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -148,7 +165,7 @@ def _understand_mode(args: argparse.Namespace) -> str:
 def cmd_understand_batch(args: argparse.Namespace) -> None:
     from .answers import answer_file
 
-    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"))
+    model, processor, _ = _load(args.model, args.overrides + _size_overrides(args, "model.und_encoder"), args)
     answered, skipped = answer_file(
         model, processor, args.batch, args.answers_out, batch_size=args.batch_size or 8,
         progress=args.progress or sys.stderr.isatty(), max_new_tokens=args.max_new_tokens,
@@ -163,7 +180,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .chat import Chat
 
     check_args(args)
-    model, processor, _ = _load(args.model, args.overrides)
+    model, processor, _ = _load(args.model, args.overrides, args)
     chat = Chat(model, processor, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     interactive = sys.stdin.isatty()
@@ -181,7 +198,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> None:
 
     check_args(args)
     prompts = read_prompts(args.prompts)  # every line checked before the model is loaded
-    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
+    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"), args)
     merged = _sample_options(model, cfg, args)  # the config's sample: defaults and the flags, checked
     given = {SAMPLE_FLAGS[flag] for flag in SAMPLE_FLAGS if getattr(args, SAMPLE_FLAGS[flag]) is not None}
     options = sampling_options(model, {k: v for k, v in merged.items() if k in given},
@@ -193,6 +210,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> None:
         "generator": type(model.generator).__name__, "image_size": model.generator.image_size,
         "num_image_tokens": model.generator.num_image_tokens, "n_samples": n_samples,
         "batch_size": min(args.batch_size or n_samples, n_samples), "seed": args.seed, "sample_options": options,
+        "device": str(next(model.parameters()).device), "dtype": str(next(model.backbone.parameters()).dtype),
         "unimm_version": __version__,
     }
     done, skipped = sample_geneval(model, processor, prompts, args.out, settings=settings, options=options,
@@ -206,12 +224,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .images import save_grid, save_images
 
     check_args(args)
-    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"))
+    model, processor, cfg = _load(args.model, args.overrides + _size_overrides(args, "model.generator"), args)
     options = _sample_options(model, cfg, args)
     captions = [prompt for prompt in args.prompt for _ in range(args.num_images)]
     prompt_ids, prompt_mask = processor.generation_prompts(captions)
-    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed, progress=True,
-                                   **options)
+    images = model.generate_images(prompt_ids, prompt_mask, pad_id=processor.pad_id, seed=args.seed,
+                                   progress=args.progress, **options)
     for path in save_images(images, args.out, prefix=args.prefix):
         print(path)
     if args.grid:
@@ -221,7 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from .pretrained import save_pretrained
 
-    model, processor, cfg = _load(args.src, args.overrides)
+    model, processor, cfg = _load(args.src, args.overrides, args)
     if args.to == "hf":  # transformers' JanusForConditionalGeneration layout (unimm.checkpoint.hf_janus)
         from .checkpoint.hf_janus import save_hf
 
@@ -231,14 +249,46 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(save_pretrained(model, processor, cfg, args.dst))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train_main
 
     overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
     cfg = load_config(args.config, overrides)
     record_imports(cfg, args.imports)  # the trained model imports them again when loaded
-    train_main(cfg)
+    try:
+        train_main(cfg)
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line that says how to go on, and exit 2
+        if getattr(stop, "main_process", os.environ.get("RANK", "0") == "0"):  # one line from several processes
+            print(_interrupted_training(stop, cfg, args), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _interrupted_training(stop: KeyboardInterrupt, cfg, args: argparse.Namespace) -> str:
+    """The line for a Ctrl-C in ``unimm train``: the checkpoint of the step in flight (the trainer's
+    :class:`~unimm.train.interrupt.TrainingInterrupted`) or, for one before the first step or a second Ctrl-C,
+    the newest checkpoint there is; then the command that resumes."""
+    from .train.checkpointing import latest_checkpoint
+    from .train.interrupt import TrainingInterrupted
+    from .train.trainer import TRAIN_DEFAULTS
+
+    if isinstance(stop, TrainingInterrupted):
+        what = f"interrupted after step {stop.global_step}; saved {stop.checkpoint}"
+    else:
+        output_dir = (cfg.get("train") or {}).get("output_dir") or TRAIN_DEFAULTS["output_dir"]
+        latest = latest_checkpoint(Path(output_dir) / "checkpoints")
+        saved = f"the newest checkpoint is {latest}" if latest else "no checkpoint was written"
+        what = f"interrupted before the step in flight was saved; {saved}"
+    return f"unimm: {what}; resume with: {_resume_command(args)}"
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``unimm train`` command line that continues the run ``args`` started (same config, overrides, imports)."""
+    import shlex
+
+    imports = [part for module in args.imports for part in ("--import", module)]
+    return shlex.join(["unimm", "train", "--config", args.config, *args.overrides, *imports, "--resume"])
 
 
 def cmd_bench_evaluate(args: argparse.Namespace) -> None:
@@ -249,7 +299,7 @@ def cmd_bench_evaluate(args: argparse.Namespace) -> None:
     check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, processor, cfg = _load(args.model, args.overrides)
+    model, processor, cfg = _load(args.model, args.overrides, args)
     tasks = [t for t in ("generation", "understanding") if getattr(args, t)] or ["generation", "understanding"]
     if model.generator is None and "generation" in tasks:
         tasks.remove("generation")
@@ -292,6 +342,8 @@ def check_args(args: argparse.Namespace) -> None:
     grid = getattr(args, "grid", None)
     if grid is not None:
         _check_image_file_name(Path(grid), "--grid")
+    if hasattr(args, "device"):
+        _placement(args)
 
 
 def _check_image_file_name(path: Path, option: str) -> None:
@@ -335,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override applied before building (repeatable)")
         p.add_argument("--seed", type=int, default=0)
+        device_args(p)
         import_args(p)
 
     def sample_args(p: argparse.ArgumentParser) -> None:
@@ -383,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--grid-scale", type=int, default=4, help="grid upscaling factor (nearest; default 4)")
     gen.add_argument("--image-size", type=int, help="side of the generated images (default: the model's; a multiple "
                      "of the tokenizer's downsampling, within the backbone's positions)")
+    gen.add_argument("--progress", action="store_true", help="show a progress bar on stderr while sampling")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
 

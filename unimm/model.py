@@ -22,6 +22,7 @@ from torch import nn
 
 from .aligners.base import Aligner
 from .backbones.base import Backbone, positions_from_mask
+from .devices import module_dtype
 from .encoders.base import UnderstandingEncoder
 from .generation.base import GenerationLoss, GenerationOutput, GenerationPath
 from .registry import InputError
@@ -66,8 +67,19 @@ class UnifiedModel(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Understanding embeddings of images: (M, 3, S, S) -> (M, N (+1 with und_start_embed), D)."""
-        features = self.und_aligner(self.und_encoder(pixel_values))
+        """Understanding embeddings of images: (M, 3, S, S) -> (M, N (+1 with und_start_embed), D).
+
+        The pixels (the processor gives float32 on the CPU) are moved and cast to the encoder's device and dtype,
+        its features to the aligner's dtype (an encoder built on the image tokenizer, ``shared_vq``, stays float32).
+        """
+        weight = next(self.und_encoder.parameters(), None)
+        if weight is not None:
+            pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
+        encoded = self.und_encoder(pixel_values)
+        dtype = module_dtype(self.und_aligner, default=self.dtype)
+        # a pair encoder (sam_siglip) gives a (high, low) tuple
+        encoded = tuple(part.to(dtype) for part in encoded) if isinstance(encoded, tuple) else encoded.to(dtype)
+        features = self.und_aligner(encoded)
         if self.und_start_embed is not None:
             start = self.und_start_embed.to(features.dtype).expand(features.shape[0], 1, -1)
             features = torch.cat([start, features], dim=1)

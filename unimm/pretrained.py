@@ -67,8 +67,8 @@ def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] =
 
 
 def load_pretrained(
-    path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
 ) -> Pretrained:
     """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or unimm's)
     with its processor.
@@ -76,11 +76,20 @@ def load_pretrained(
     Args:
         path: the folder.
         overrides: dotlist config overrides applied before building (``model.generator.image_size=256``).
-        device, dtype: where and in what precision to put the weights.
+        device: ``"auto"`` (cuda, else mps, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a
+            ``torch.device``.
+        dtype: ``"auto"`` (bfloat16 on a GPU that has it, float16 on mps, float32 on cpu), ``"bfloat16"``,
+            ``"float16"``, ``"float32"`` or a ``torch.dtype``; the image autoencoder stays float32
+            (:mod:`unimm.devices`).
 
     Raises:
         CheckpointError: not a model folder, unreadable weights, or keys that do not match (all listed).
+        InputError: a device this machine does not have, or an unknown dtype (checked before anything is read).
     """
+    from .devices import place, resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
@@ -110,7 +119,7 @@ def load_pretrained(
         if isinstance(module, UnderstandingEncoder):  # e.g. position embeddings saved at another image size
             state = module.adapt_checkpoint(state, f"{name}.")
     load_into(model, state, source=source, ignore_missing=external)
-    model.to(device=device, dtype=dtype).eval()
+    place(model, device, dtype).eval()
     return Pretrained(model, processor, cfg)
 
 

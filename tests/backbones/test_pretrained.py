@@ -161,7 +161,7 @@ def test_fields_beside_pretrained_must_agree_with_the_folder(folders):
     }))  # fmt: skip
     lm = model.backbone.lm
     assert lm.config.attention_dropout == 0.25 and lm.config._attn_implementation == "eager"
-    assert lm.is_gradient_checkpointing
+    assert lm.is_activation_checkpointing
 
 
 def test_missing_folder_config_or_weights_fail_naming_the_folder(folders, tmp_path):

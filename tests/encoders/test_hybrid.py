@@ -173,3 +173,24 @@ def test_converter_lists_unexpected_keys():
                                     "high_layer_norm.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match=r"vision_tower_low\.: .*'blocks\.0\.norm1\.weight'"):  # via SigLIP's
         convert_deepseek_vl_vision({"vision_tower_low.blocks.0.norm1.weight": torch.zeros(1)})
+
+
+def test_bfloat16_towers_get_pixels_normalised_in_float32():
+    """A bfloat16 model (``load_pretrained(dtype="bfloat16")``) must not round SAM's mean 0.485 or SigLIP's std
+    through bfloat16 before normalising: each tower gets exactly the float32 normalisation, cast once."""
+    from unimm.devices import place
+
+    encoder = place(tiny_encoder().eval(), torch.device("cpu"), torch.bfloat16)
+    seen = {}
+    for name in ("vision_tower_high", "vision_tower_low"):
+        getattr(encoder, name).register_forward_pre_hook(lambda module, args, name=name: seen.update({name: args[0]}))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        high, low = encoder(images)
+    assert high.dtype == low.dtype == torch.bfloat16 and torch.isfinite(high).all() and torch.isfinite(low).all()
+    tower = encoder.vision_tower_high
+    mean = torch.tensor(tower.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(tower.pixel_std).view(1, 3, 1, 1)
+    assert torch.equal(seen["vision_tower_high"], ((images.float() - mean) / std).to(torch.bfloat16))
+    rounded = (images - mean.to(torch.bfloat16)) / std.to(torch.bfloat16)  # what bfloat16 buffers would give
+    assert not torch.equal(seen["vision_tower_high"], rounded)

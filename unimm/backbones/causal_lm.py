@@ -360,17 +360,19 @@ class CausalLMBackbone(Backbone):
         output_hidden_states: bool = False,
     ) -> BackboneOutput:
         """Run the decoder on embeddings (B, T, D). ``attention_mask`` (B, T_past + T) marks real tokens with 1."""
+        # transformers 5 names the cache argument and output field ``cache`` (``past_key_values`` still works but
+        # warns on every run); the contract keeps unimm's own name.
         out = self.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
         return BackboneOutput(
             hidden_states=out.last_hidden_state,
-            past_key_values=out.past_key_values if use_cache else None,
+            past_key_values=out.cache if use_cache else None,
             all_hidden_states=out.hidden_states if output_hidden_states else None,
         )
 
@@ -382,9 +384,9 @@ class CausalLMBackbone(Backbone):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation checkpointing of the decoder layers on or off."""
         if enable:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.lm.gradient_checkpointing_disable()
+            self.lm.activation_checkpointing_disable()
 
     def resize_vocab(self, vocab_size: int) -> None:
         """Grow (or shrink) the input embeddings and LM head to ``vocab_size`` rows."""
@@ -411,7 +413,7 @@ class CausalLMBackbone(Backbone):
             "type": "hf_causal_lm",
             "model_type": self.model_type,
             "attn_implementation": self.lm.config._attn_implementation,
-            "gradient_checkpointing": bool(self.lm.is_gradient_checkpointing),
+            "gradient_checkpointing": bool(self.lm.is_activation_checkpointing),
             **_plain(fields),
         }
 

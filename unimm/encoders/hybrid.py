@@ -39,11 +39,12 @@ RELEASED_HIGH = {"variant": "sam_b_downsample"}
 RELEASED_LOW = {"variant": "siglip_large_patch16_384"}
 
 
-def _normaliser(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std as (1, 3, 1, 1) tensors."""
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return mean, std
+def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 3, H, W) -> (images - mean) / std per channel, computed in float32 (the constants are not buffers, so a
+    bfloat16 model keeps them exact) and returned in the images' dtype."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return ((images.float() - mean) / std).to(images.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,12 +82,6 @@ class HybridEncoder(UnderstandingEncoder):
         self.high_layer_norm = nn.LayerNorm(h.out_dim)
         self.low_layer_norm = nn.LayerNorm(lo.out_dim)
 
-        high_mean, high_std = _normaliser(h.pixel_mean, h.pixel_std)
-        low_mean, low_std = _normaliser(lo.pixel_mean, lo.pixel_std)
-        self.register_buffer("high_mean", high_mean, persistent=False)
-        self.register_buffer("high_std", high_std, persistent=False)
-        self.register_buffer("low_mean", low_mean, persistent=False)
-        self.register_buffer("low_std", low_std, persistent=False)
         # Input range this encoder expects from the image transform: raw [0, 1] pixels.
         self.pixel_mean = (0.0, 0.0, 0.0)
         self.pixel_std = (1.0, 1.0, 1.0)
@@ -136,8 +131,9 @@ class HybridEncoder(UnderstandingEncoder):
             images, [self.low_image_size, self.low_image_size],
             interpolation=TF.InterpolationMode.BILINEAR, antialias=True,
         )
-        high = self.vision_tower_high((images - self.high_mean) / self.high_std)
-        low = self.vision_tower_low((low_images - self.low_mean) / self.low_std)
+        high_tower, low_tower = self.vision_tower_high, self.vision_tower_low
+        high = high_tower(_normalise(images, high_tower.pixel_mean, high_tower.pixel_std))
+        low = low_tower(_normalise(low_images, low_tower.pixel_mean, low_tower.pixel_std))
         return high, low
 
 

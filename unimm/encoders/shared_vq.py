@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import module_dtype
 from ..generation.autoencoder import DiscreteAutoencoder
 from ..registry import AUTOENCODERS, ENCODERS, ConfigError, InputError
 from .base import UnderstandingEncoder
@@ -136,8 +137,8 @@ class SharedVQEncoder(UnderstandingEncoder):
                 f"the shared VQ encoder takes images (B, 3, {self.image_size}, {self.image_size}) in [-1, 1], got "
                 f"{tuple(images.shape)}; use encoder.transform() to prepare them"
             )
-        with torch.no_grad():
-            quant, codes = self.tokenizer.quantize_images(images)
+        with torch.no_grad():  # the tokenizer may be kept float32 in a bfloat16 model (unimm.devices.place)
+            quant, codes = self.tokenizer.quantize_images(images.to(module_dtype(self.tokenizer)))
         if self.code_embed is not None:
             return self.code_embed(codes)
         return quant.flatten(2).transpose(1, 2)

@@ -36,6 +36,10 @@ class ImageAutoencoder(nn.Module, ABC):
 
     #: The folder the weights were loaded from (``path:``), or None for a part built from sizes.
     source_path: str | None = None
+    #: :func:`unimm.devices.place` leaves it float32 when the rest of the model runs in bfloat16 / float16: it writes
+    #: the pixels, is small next to the language model, and the paths cast latents to its dtype where they hand them
+    #: over. A subclass may set it to False.
+    keep_float32: bool = True
 
     @property
     @abstractmethod

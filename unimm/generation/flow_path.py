@@ -32,6 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import AUTOENCODERS, GENERATORS, CheckpointError, ConfigError, InputError
+from ..devices import module_dtype
 from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
@@ -311,7 +312,7 @@ class RectifiedFlowPath(GenerationPath):
             if keep_steps:
                 for key, value in (("t_emb", t_emb), ("v_cond", v_cond), ("v_uncond", v_uncond)):
                     trace[key].append(value)
-        decoded = self.autoencoder.decode(z)
+        decoded = self.autoencoder.decode(z.to(module_dtype(self.autoencoder)))  # it may be kept float32
         images = decoded.clamp(-1.0, 1.0)
         return GenerationOutput(images, z, {**trace, "decoded": decoded} if keep_steps else {})
 
@@ -376,7 +377,8 @@ class RectifiedFlowPath(GenerationPath):
             raise InputError("REPA is on (repa_layer set): pass und_features, the understanding encoder's features")
         batch, device, n = images.shape[0], images.device, self.num_image_tokens
 
-        x1 = self.autoencoder.encode(images, generator=generator).to(prompt_embeds.dtype)
+        x1 = self.autoencoder.encode(images.to(module_dtype(self.autoencoder)), generator=generator)
+        x1 = x1.to(prompt_embeds.dtype)
         x0 = torch.randn(x1.shape, generator=generator, device=device, dtype=x1.dtype)
         t = self.sample_time(batch, generator=generator, device=device).to(x1.dtype)
         z_t = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * x0
@@ -412,11 +414,11 @@ class RectifiedFlowPath(GenerationPath):
     # -- latents --------------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> scaled VAE latents (B, C, H/8, W/8)."""
-        return self.autoencoder.encode(images)
+        return self.autoencoder.encode(images.to(module_dtype(self.autoencoder)))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latents -> images (B, 3, H, W), clamped to [-1, 1]."""
-        return self.autoencoder.decode(latents).clamp(-1.0, 1.0)
+        return self.autoencoder.decode(latents.to(module_dtype(self.autoencoder))).clamp(-1.0, 1.0)
 
     # -- released checkpoints -------------------------------------------------------------------------------
     def load_janusflow_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:

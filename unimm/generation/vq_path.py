@@ -24,6 +24,7 @@ from torch import nn
 from ..backbones.causal_lm import positions_from_mask
 from ..registry import ALIGNERS, AUTOENCODERS, GENERATORS, HEADS, CheckpointError, ConfigError, InputError
 from ..aligners.base import Aligner
+from ..devices import module_dtype
 from ..heads.base import ImageHead
 from .autoencoder import DiscreteAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
@@ -114,7 +115,7 @@ class VQGenerationPath(GenerationPath):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> codes (B, h*w) with the frozen tokenizer (no gradient)."""
-        return self.autoencoder.tokenize(images)
+        return self.autoencoder.tokenize(images.to(module_dtype(self.autoencoder)))  # it may be kept float32
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Codes (B, N), N a square number -> images (B, 3, H, W) in [-1, 1] (not clamped)."""

@@ -35,8 +35,9 @@ from ..data import MixtureLoader, TaskBatch, TaskSampler, build_streams, caption
 from ..images import save_images
 from ..registry import ConfigError, to_plain
 from ..registry.errors import did_you_mean
-from .checkpointing import load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
+from .checkpointing import latest_checkpoint, load_checkpoint, read_trainer_state, resolve_resume, save_checkpoint
 from .freeze import apply_stage, frozen_parts_to_eval
+from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .optim import build_optimizer, build_scheduler
 from .schema import check_train_section
 
@@ -186,13 +187,15 @@ class Trainer:
         self.global_step = 0
         self._metrics_file = None
         self._tb = None
+        #: Ctrl-C while ``fit`` runs: checkpoint at the end of the step in flight, then stop (see train/interrupt.py)
+        self._interrupt = DeferredInterrupt()
 
     def _build(self, processor: Any) -> tuple[nn.Module, Any]:
         init_from = self.settings["init_from"]
         if init_from:
             from ..pretrained import load_pretrained
 
-            loaded = load_pretrained(init_from)
+            loaded = load_pretrained(init_from, device="cpu", dtype="float32")  # accelerate places the model
             self.cfg = finetune_config(self.cfg, loaded.config, init_from)
             return loaded.model.float(), processor or loaded.processor
         from ..build import build_model, build_processor
@@ -359,13 +362,17 @@ class Trainer:
                 window_steps = 0
             bar.update(1)
             stop = s["stop_after"] is not None and self.global_step >= int(s["stop_after"])
-            if (save_every and done % save_every == 0) or done == steps or stop:
-                save_checkpoint(
+            interrupted = self._interrupt.requested(acc)
+            if (save_every and done % save_every == 0) or done == steps or stop or interrupted:
+                saved = save_checkpoint(
                     acc, self.output_dir / "checkpoints", self.global_step,
                     {"stage_index": index, "stage": stage["name"], "stage_step": done,
                      "global_step": self.global_step},
                     scheduler, loader.state_dict(), keep_last=int(s["keep_last"]),
                 )
+            if interrupted:
+                bar.close()
+                raise TrainingInterrupted(saved, self.global_step, self.is_main)
             if s["sample_every"] and done % int(s["sample_every"]) == 0 and done != steps:
                 self.write_samples(f"step-{self.global_step:08d}")
             if stop:
@@ -401,14 +408,18 @@ class Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
-        for index, stage in enumerate(s["stages"]):
-            if s["only_stages"] and stage["name"] not in s["only_stages"]:
-                continue
-            if state is not None and index < int(state["stage_index"]):
-                continue
-            from_ckpt = resume if state is not None and index == int(state["stage_index"]) else None
-            if not self.run_stage(index, stage, from_ckpt):
-                return None
+        with self._interrupt:  # Ctrl-C is honoured at the end of a step (run_stage) or after the last stage
+            for index, stage in enumerate(s["stages"]):
+                if s["only_stages"] and stage["name"] not in s["only_stages"]:
+                    continue
+                if state is not None and index < int(state["stage_index"]):
+                    continue
+                from_ckpt = resume if state is not None and index == int(state["stage_index"]) else None
+                if not self.run_stage(index, stage, from_ckpt):
+                    return None
+            if self._interrupt.requested(self.accelerator):  # came after the last step: its checkpoint is there
+                latest = latest_checkpoint(self.output_dir / "checkpoints")
+                raise TrainingInterrupted(latest, self.global_step, self.is_main)
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
         if self.is_main:
