@@ -62,7 +62,7 @@ def test_settings_record_the_run_and_reproduce_its_images(run, shipped):
         "overrides": [], "generator": "VQGenerationPath", "image_size": 16, "num_image_tokens": 16,
         "n_samples": 2, "batch_size": 2, "seed": 3,
         "sample_options": {"guidance": 3.0, "temperature": 1.0, "top_k": None, "top_p": None},
-        "unimm_version": unimm.__version__,
+        "device": "cpu", "dtype": "torch.float32", "unimm_version": unimm.__version__,
     }
     model, processor, _ = shipped
     prompt = json.loads(PROMPTS.read_text().splitlines()[1])["prompt"]
