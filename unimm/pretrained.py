@@ -9,6 +9,7 @@ files and an index), converting names with the tested converters in :mod:`unimm.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import build_model, build_processor
 from .backbones.base import Backbone
 from .checkpoint.io import load_into, load_weights, tied_aliases
+from .checkpoint.skeleton import skeleton
 from .encoders.base import UnderstandingEncoder
 from .generation.autoencoder import ImageAutoencoder
 from .checkpoint.released import config_from_released, convert_released, released_kind
@@ -67,14 +69,21 @@ def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] =
 
 def load_pretrained(
     path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, lean: bool = True,
 ) -> Pretrained:
     """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, or unimm's) with its processor.
+
+    The model is built as a skeleton (:mod:`unimm.checkpoint.skeleton`: parameters on the meta device, buffers
+    real, parts with folders of their own loaded from them) and the checkpoint's memory-mapped tensors become its
+    parameters, cast one at a time: no random initialisation and no second copy of the weights
+    (docs/performance.md has the figures).
 
     Args:
         path: the folder.
         overrides: dotlist config overrides applied before building (``model.generator.image_size=256``).
-        device, dtype: where and in what precision to put the weights.
+        device, dtype: where and in what precision to put the weights (default: the CPU, float32).
+        lean: False builds the model with random weights first and copies the checkpoint in (slower, twice the
+            memory); for a part of your own whose ``__init__`` computes from its parameters.
 
     Raises:
         CheckpointError: not a model folder, unreadable weights, or keys that do not match (all listed).
@@ -93,15 +102,16 @@ def load_pretrained(
         source = f"released {kind} checkpoint {folder}"
     else:
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
-    model = build_model(cfg)
-    processor = build_processor(cfg, model)
+    with skeleton() if lean else nullcontext():
+        model = build_model(cfg)
+        processor = build_processor(cfg, model)
     # Parts loaded from their own folder already hold their weights; a checkpoint may leave them out.
     external = tuple(f"{name}." for name, _, _ in folded_parts(model))
     for name, module in model.named_modules():
         if isinstance(module, UnderstandingEncoder):  # e.g. position embeddings saved at another image size
             state = module.adapt_checkpoint(state, f"{name}.")
-    load_into(model, state, source=source, ignore_missing=external)
-    model.to(device=device, dtype=dtype).eval()
+    load_into(model, state, source=source, ignore_missing=external, dtype=dtype, device=device)
+    model.to(device=device, dtype=dtype).eval()  # buffers and folder parts; the loaded weights are there already
     return Pretrained(model, processor, cfg)
 
 
