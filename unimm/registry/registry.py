@@ -196,6 +196,9 @@ class Registry:
             context: built modules the library offers a composite part (the generation path's autoencoder, for
                 an encoder that shares it): passed to ``from_config`` when it takes them, never config keys.
 
+        Inside a skeleton build (:data:`SKELETON`), a part whose slot sets ``path`` or ``pretrained`` is built for
+        real, children included, so that it holds its folder's weights.
+
         Raises:
             ConfigError: unknown type, unknown or misspelled keys, missing required keys, wrong value types,
                 or a config value that contradicts an inferred one.
