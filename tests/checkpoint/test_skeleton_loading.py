@@ -16,7 +16,7 @@ from torch import nn
 
 import unimm
 from conftest import GOLDEN
-from unimm.checkpoint.io import load_into, tied_aliases
+from unimm.checkpoint.io import load_into, load_weights, tied_aliases
 from unimm.checkpoint.skeleton import skeleton
 from unimm.registry import CheckpointError
 
@@ -196,3 +196,15 @@ def test_a_buffer_made_from_weights_fails_in_one_line():
     with pytest.raises(CheckpointError, match=r"1 tensor\(s\) of the model have no value after loading \(e\.g\. "
                                               r"doubled.*load_pretrained\(\.\.\., lean=False\)"):
         load_into(module, {"weight": torch.ones(2)}, source="test")
+
+
+def test_bin_files_are_mapped_and_legacy_ones_read_whole(tmp_path):
+    state = {"weight": torch.arange(4096.0), "bias": torch.ones(3)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    mapped = load_weights(tmp_path)
+    assert all(torch.equal(mapped[k], v) for k, v in state.items())
+    if Path("/proc/self/maps").is_file():
+        assert mapped_file(mapped["weight"].data_ptr()) == str(tmp_path / "pytorch_model.bin")
+    torch.save(state, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)  # cannot be mapped
+    legacy = load_weights(tmp_path)
+    assert all(torch.equal(legacy[k], v) for k, v in state.items())
