@@ -104,7 +104,8 @@ def load_pretrained(
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
     with skeleton() if lean else nullcontext():
         model = build_model(cfg)
-        processor = build_processor(cfg, model)
+    # Outside the skeleton: a grown embedding table stays where the old one is (meta, or a part's real weights).
+    processor = build_processor(cfg, model)
     # Parts loaded from their own folder already hold their weights; a checkpoint may leave them out.
     external = tuple(f"{name}." for name, _, _ in folded_parts(model))
     for name, module in model.named_modules():

@@ -38,6 +38,7 @@ CONFIGS = {
     "timm_convnext": ("janus_tiny", ["model.und_encoder=@parts/und_encoder/timm_convnext_tiny"]),
     "hf_qwen2_backbone": ("janus_tiny", ["model.backbone=@parts/backbone/qwen2_tiny"]),
     "hf_gpt2_backbone": ("janus_tiny", ["model.backbone=@parts/backbone/gpt2_tiny"]),  # LM head tied to embeddings
+    "grown_vocab": ("janus_tiny", ["model.backbone.vocab_size=400"]),  # the processor grows it for the tokenizer
 }
 
 
@@ -126,26 +127,50 @@ def test_encoder_adapts_the_checkpoint_at_another_image_size(saved):
     assert_same_model(lean.model, built.model)
 
 
-def test_backbone_from_its_own_folder_inside_the_skeleton(saved, tmp_path):
-    """A slot with ``pretrained:`` is built for real (its folder's weights), the rest from the checkpoint."""
-    source = unimm.load_pretrained(saved("hf_qwen2_backbone"), lean=False)
-    backbone_folder = tmp_path / "qwen2"
-    source.model.backbone.lm.save_pretrained(backbone_folder)
+def backbone_folder_model(saved, tmp_path, rows: int | None = None):
+    """A unimm folder whose backbone slot names a transformers folder (``pretrained:``; the checkpoint holds no
+    backbone weights), made from the saved Qwen2 case; ``rows`` cuts the folder's embedding tables to fewer rows
+    than the tokenizer has ids, so loading grows them. Returns (the model folder, the backbone's own model)."""
+    source = unimm.load_pretrained(saved("hf_qwen2_backbone"), lean=False).model.backbone.lm
+    if rows is not None:
+        source.resize_token_embeddings(rows)
+    source.save_pretrained(tmp_path / "qwen2")
     folder = tmp_path / "model"
     folder.mkdir()
     cfg = OmegaConf.load(saved("hf_qwen2_backbone") / "config.yaml")
-    cfg.model.backbone = {"type": "hf_causal_lm", "pretrained": str(backbone_folder)}
+    cfg.model.backbone = {"type": "hf_causal_lm", "pretrained": str(tmp_path / "qwen2")}
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((saved("hf_qwen2_backbone") / name).read_bytes())
     state = load_file(str(saved("hf_qwen2_backbone") / "model.safetensors"))
     save_file({k: v for k, v in state.items() if not k.startswith("backbone.")}, str(folder / "model.safetensors"))
+    return folder, source
 
+
+def test_backbone_from_its_own_folder_inside_the_skeleton(saved, tmp_path):
+    """A slot with ``pretrained:`` is built for real (its folder's weights), the rest from the checkpoint."""
+    folder, source = backbone_folder_model(saved, tmp_path)
     lean, built = unimm.load_pretrained(folder), unimm.load_pretrained(folder, lean=False)
-    assert lean.model.backbone.pretrained == backbone_folder
+    assert lean.model.backbone.pretrained == tmp_path / "qwen2"
     assert_same_model(lean.model, built.model)
-    assert_same_model(lean.model, source.model)
-    assert torch.equal(text_logits(lean), text_logits(source))
+    assert_same_model(lean.model.backbone.lm, source)
+    original = unimm.load_pretrained(saved("hf_qwen2_backbone"))
+    assert torch.equal(text_logits(lean), text_logits(original))
+
+
+def test_embedding_tables_grown_for_the_tokenizer(saved, tmp_path):
+    """The processor grows a table after the build: a skeleton's stays on meta until the checkpoint fills it (the
+    saved vocabulary is the grown one), a pretrained folder's keeps its rows and gains new ones."""
+    lean, built = (unimm.load_pretrained(saved("grown_vocab"), lean=lean) for lean in (True, False))
+    assert lean.model.backbone.vocab_size == len(lean.processor.tokenizer) > 400
+    assert_same_model(lean.model, built.model)
+
+    folder, source = backbone_folder_model(saved, tmp_path, rows=400)
+    lm = unimm.load_pretrained(folder).model.backbone.lm
+    assert lm.get_input_embeddings().num_embeddings == lean.model.backbone.vocab_size
+    for ours, theirs in ((lm.get_input_embeddings(), source.get_input_embeddings()),
+                         (lm.get_output_embeddings(), source.get_output_embeddings())):
+        assert torch.equal(ours.weight[:400], theirs.weight) and not ours.weight.is_meta
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
