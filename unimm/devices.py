@@ -135,6 +135,11 @@ def _cast(module: nn.Module, dtype: torch.dtype) -> None:
         _cast(child, dtype)
 
 
+def float32_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """``"name."`` of every ``keep_float32`` submodule of ``model``: the checkpoint keys that load as float32."""
+    return tuple(f"{name}." for name, module in model.named_modules() if getattr(module, "keep_float32", False))
+
+
 def module_dtype(module: nn.Module, default: torch.dtype | None = None) -> torch.dtype:
     """The dtype of ``module``'s first floating parameter (``default``, else float32, when it has none)."""
     import torch
@@ -152,5 +157,5 @@ def device_args(p: argparse.ArgumentParser) -> None:
                    "or float32 (default: auto)")
 
 
-__all__ = ["DEVICES", "DTYPES", "available_devices", "device_args", "module_dtype", "place", "resolve_device",
-           "resolve_dtype"]
+__all__ = ["DEVICES", "DTYPES", "available_devices", "device_args", "float32_prefixes", "module_dtype", "place",
+           "resolve_device", "resolve_dtype"]

@@ -10,6 +10,7 @@ transformers' own Janus layout (``model_type: "janus"``, :mod:`unimm.checkpoint.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import build_model, build_processor
 from .backbones.base import Backbone
 from .checkpoint.io import load_into, load_weights, tied_aliases
+from .checkpoint.skeleton import skeleton
 from .encoders.base import UnderstandingEncoder
 from .generation.autoencoder import ImageAutoencoder
 from .checkpoint.released import config_from_released, convert_released, released_kind
@@ -68,10 +70,15 @@ def released_config(folder: str | Path, overrides: tuple[str, ...] | list[str] =
 
 def load_pretrained(
     path: str | Path, overrides: tuple[str, ...] | list[str] = (), device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "auto",
+    dtype: str | torch.dtype = "auto", lean: bool = True,
 ) -> Pretrained:
     """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or unimm's)
     with its processor.
+
+    The model is built as a skeleton (:mod:`unimm.checkpoint.skeleton`: parameters on the meta device, buffers
+    real, parts with folders of their own loaded from them) and the checkpoint's memory-mapped tensors become its
+    parameters, cast one at a time: no random initialisation and no second copy of the weights
+    (docs/performance.md has the figures).
 
     Args:
         path: the folder.
@@ -81,12 +88,14 @@ def load_pretrained(
         dtype: ``"auto"`` (bfloat16 on a GPU that has it, float16 on mps, float32 on cpu), ``"bfloat16"``,
             ``"float16"``, ``"float32"`` or a ``torch.dtype``; the image autoencoder stays float32
             (:mod:`unimm.devices`).
+        lean: False builds the model with random weights first and copies the checkpoint in (slower, twice the
+            memory); for a part of your own whose ``__init__`` computes from its parameters.
 
     Raises:
         CheckpointError: not a model folder, unreadable weights, or keys that do not match (all listed).
         InputError: a device this machine does not have, or an unknown dtype (checked before anything is read).
     """
-    from .devices import place, resolve_device, resolve_dtype
+    from .devices import float32_prefixes, place, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -108,7 +117,9 @@ def load_pretrained(
         source = f"released {kind} checkpoint {folder}"
     else:
         raise CheckpointError(f"{folder} has neither config.yaml (unimm) nor config.json (released Janus layout)")
-    model = build_model(cfg)
+    with skeleton() if lean else nullcontext():
+        model = build_model(cfg)
+    # Outside the skeleton: a grown embedding table stays where the old one is (meta, or a part's real weights).
     processor = build_processor(cfg, model)
     if num_tokens is not None and processor.num_image_tokens != num_tokens:
         raise CheckpointError(f"{folder}/processor_config.json: num_image_tokens = {num_tokens}, but the vision "
@@ -118,8 +129,9 @@ def load_pretrained(
     for name, module in model.named_modules():
         if isinstance(module, UnderstandingEncoder):  # e.g. position embeddings saved at another image size
             state = module.adapt_checkpoint(state, f"{name}.")
-    load_into(model, state, source=source, ignore_missing=external)
-    place(model, device, dtype).eval()
+    load_into(model, state, source=source, ignore_missing=external, dtype=dtype, device=device,
+              keep_dtype=float32_prefixes(model))
+    place(model, device, dtype).eval()  # buffers and folder parts; the loaded weights are there already
     return Pretrained(model, processor, cfg)
 
 

@@ -19,11 +19,18 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors, memory-mapped: their bytes are read from the file (or the page cache) when first used
+    and are never copied, so tensors that become a model's parameters as they are cost no memory of their own."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # a file in torch's legacy (pre-zip) format cannot be mapped: read it whole
+        if "mmap" not in str(err):
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -67,25 +74,44 @@ def _listing(title: str, keys: list[str]) -> str:
 def tied_aliases(model: nn.Module) -> set[str]:
     """State-dict keys that name a tensor an earlier key already names (a module shared by two parts, like the
     shared-VQ encoder's tokenizer tied to the generation path's): saved once, loaded through the first name."""
-    seen: set[int] = set()
-    aliases = set()
+    return set(tied_sources(model))
+
+
+def tied_sources(model: nn.Module) -> dict[str, str]:
+    """Each tied alias (:func:`tied_aliases`) -> the first key naming the same tensor."""
+    first: dict[int, str] = {}
+    sources = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            aliases.add(key)
-        seen.add(id(tensor))
-    return aliases
+        if id(tensor) in first:
+            sources[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+    return sources
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint",
-              ignore_missing: tuple[str, ...] = ()) -> None:
+              ignore_missing: tuple[str, ...] = (), dtype: torch.dtype | None = None,
+              device: str | torch.device | None = None, keep_dtype: tuple[str, ...] = ()) -> None:
     """Load ``state_dict`` into ``model`` strictly, with one error that lists every problem.
+
+    A model with parameters on the meta device (built in :func:`unimm.checkpoint.skeleton.skeleton`) takes the
+    checkpoint's tensors themselves as its parameters (``assign``), each moved to ``device`` and cast to ``dtype``
+    (floating-point tensors; default: the parameter's own) one at a time, so a checkpoint already in that device
+    and precision is used without a copy. Tied aliases are loaded once and tied again afterwards.
 
     Args:
         ignore_missing: key prefixes that may be absent (e.g. a VAE that lives in a separate folder). Tied
             aliases (:func:`tied_aliases`) may always be absent.
+        dtype, device: for a meta-device model only (a built model keeps its own, as ``copy_`` does).
+        keep_dtype: key prefixes that load in the dtype the part was built with, not ``dtype`` (the image
+            autoencoders, which stay float32: :func:`unimm.devices.float32_prefixes`).
+
+    Raises:
+        CheckpointError: missing, unexpected or misshapen keys (all listed), or a meta-device tensor that the
+            checkpoint leaves without a value.
     """
-    expected = model.state_dict()
-    aliases = tied_aliases(model)
+    expected = model.state_dict(keep_vars=True)
+    aliases = tied_sources(model)
     missing = sorted(k for k in expected
                      if k not in state_dict and k not in aliases and not k.startswith(ignore_missing))
     unexpected = sorted(k for k in state_dict if k not in expected)
@@ -102,7 +128,41 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: 
         if misshapen:
             message += _listing("shape mismatches", misshapen)
         raise CheckpointError(message + "\n  Check that the config matches the checkpoint's sizes.")
-    model.load_state_dict(state_dict, strict=False, assign=any(p.is_meta for p in model.parameters()))
+    if not any(p.is_meta for p in model.parameters()):
+        model.load_state_dict(state_dict, strict=False)
+        return
+    _assign(model, state_dict, expected, aliases, dtype, device, source, keep_dtype)
+
+
+def _assign(model: nn.Module, state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+            aliases: dict[str, str], dtype: torch.dtype | None, device: str | torch.device | None,
+            source: str, keep_dtype: tuple[str, ...] = ()) -> None:
+    """Make the checkpoint's tensors the model's parameters and buffers (checked by :func:`load_into`)."""
+    state = {}
+    for key, value in state_dict.items():
+        if key in aliases:  # the first name's tensor is tied back in below
+            continue
+        target = expected[key]
+        cast = dtype is not None and target.is_floating_point() and not key.startswith(keep_dtype)
+        wanted = dtype if cast else target.dtype
+        state[key] = value.to(device=device, dtype=wanted)
+    model.load_state_dict(state, strict=False, assign=True)
+    for alias, first in aliases.items():
+        owner, _, name = alias.rpartition(".")
+        setattr(model.get_submodule(owner), name, _tensor(model, first))
+    empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if empty:
+        raise CheckpointError(f"{source}: {len(empty)} tensor(s) of the model have no value after loading (e.g. "
+                              f"{empty[0]}, a buffer made from weights while building?); load with "
+                              "load_pretrained(..., lean=False)")
+
+
+def _tensor(model: nn.Module, key: str) -> torch.Tensor:
+    """The parameter or buffer a state-dict key names."""
+    try:
+        return model.get_parameter(key)
+    except AttributeError:
+        return model.get_buffer(key)
 
 
 # -- part folders ------------------------------------------------------------------------------------------------

@@ -27,10 +27,18 @@ import inspect
 import sys
 import typing
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from . import plugins
 from .errors import ConfigError
+
+#: True while :func:`unimm.checkpoint.skeleton.skeleton` builds a model with its parameters on the meta device.
+#: :meth:`Registry.build` clears it while it builds a part that loads a folder of its own (a slot with one of
+#: ``FOLDER_KEYS`` set), so that part gets its folder's weights, not a skeleton.
+SKELETON: ContextVar[bool] = ContextVar("unimm_skeleton", default=False)
+#: The slot keys that name a folder a part loads its weights from (``save_pretrained`` folds them away too).
+FOLDER_KEYS = ("path", "pretrained")
 
 
 def _closest(name: str, choices: list[str]) -> str:
@@ -188,6 +196,9 @@ class Registry:
             context: built modules the library offers a composite part (the generation path's autoencoder, for
                 an encoder that shares it): passed to ``from_config`` when it takes them, never config keys.
 
+        Inside a skeleton build (:data:`SKELETON`), a part whose slot sets ``path`` or ``pretrained`` is built for
+        real, children included, so that it holds its folder's weights.
+
         Raises:
             ConfigError: unknown type, unknown or misspelled keys, missing required keys, wrong value types,
                 or a config value that contradicts an inferred one.
@@ -198,12 +209,18 @@ class Registry:
         from_config = getattr(builder, "from_config", None) if inspect.isclass(builder) else None
         if from_config is None and "where" in inspect.signature(builder).parameters:
             kwargs["where"] = where
-        if from_config is not None:
-            offered = inspect.signature(from_config).parameters
-            extra = {k: v for k, v in (context or {}).items() if k in offered}
-            part = from_config(kwargs, where=where, **extra)
-        else:
-            part = builder(**kwargs)
+        own_folder = SKELETON.get() and any(kwargs.get(key) is not None for key in FOLDER_KEYS)
+        token = SKELETON.set(False) if own_folder else None  # built for real inside a skeleton build
+        try:
+            if from_config is not None:
+                offered = inspect.signature(from_config).parameters
+                extra = {k: v for k, v in (context or {}).items() if k in offered}
+                part = from_config(kwargs, where=where, **extra)
+            else:
+                part = builder(**kwargs)
+        finally:
+            if token is not None:
+                SKELETON.reset(token)
         self._check_contract(type(part), cfg, where)  # what a builder function returned
         part.config_path = where  # where the part sits in the config: save_pretrained folds parts back there
         return part
