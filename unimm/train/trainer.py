@@ -53,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_accum": 1,
     "max_grad_norm": 1.0,  # 0 or null: no clipping
     "grad_checkpointing": False,
+    "lora": None,  # {parts, r, alpha, dropout, target_modules}: peft LoRA adapters (unimm/train/lora.py)
     "log_every": 10,
     "save_every": 1000,  # 0: only at the end of each stage
     "keep_last": 2,
@@ -179,6 +180,10 @@ class Trainer:
 
             processor = build_processor(self.cfg, model)
         self.model, self.processor = model, processor
+        if s["lora"] is not None:
+            from .lora import add_adapters
+
+            add_adapters(self.model, s["lora"])
         set_seed(int(s["seed"]), device_specific=True)  # different noise and dropout per process
         self.model.to(self.accelerator.device)
         self.streams = build_streams(
@@ -288,7 +293,12 @@ class Trainer:
         """Train one stage (from a checkpoint of it if given). Returns False when ``stop_after`` ended the launch."""
         s, acc = self.settings, self.accelerator
         acc.free_memory()  # forget the previous stage's wrapped model and optimiser
-        trainable = apply_stage(self.model, stage)
+        if s["lora"] is not None:
+            from .lora import apply_lora_stage  # the adapters, plus what the stage names
+
+            trainable = apply_lora_stage(self.model, stage)
+        else:
+            trainable = apply_stage(self.model, stage)
         self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
         optimizer = build_optimizer(self.model, stage)
         scheduler = build_scheduler(optimizer, stage)
@@ -433,6 +443,13 @@ class Trainer:
         """The trained model in unimm's format (``config.yaml``, ``model.safetensors``, tokenizer)."""
         from ..pretrained import save_pretrained
 
+        if self.settings["lora"] is not None:  # the adapters and the base folder, not the full weights
+            from .lora import fully_trained, save_adapters
+
+            only = self.settings["only_stages"]
+            stages = [st for st in self.settings["stages"] if not only or st["name"] in only]
+            save_adapters(self.model, folder, self.settings["init_from"], fully_trained(self.model, stages))
+            return
         save_pretrained(self.model, self.processor, self.cfg, folder)
 
 
