@@ -147,8 +147,9 @@ def test_a_target_that_matches_nothing_names_the_part_and_the_candidates():
         add_adapters(model, {"parts": ["backbone"], "target_modules": ["qkv_proj"]})
     with pytest.raises(ConfigError, match=r"^train.lora.parts: the model has no part 'backbon'\. Did you mean"):
         add_adapters(model, {"parts": ["backbon"]})
-    with pytest.raises(ConfigError, match=r"^train.lora.target_modules: 'layers' matches 'und_aligner.layers', a "
-                                          r"Sequential, which LoRA cannot adapt; its Linear layers: layers.0, layers.2$"):
+    with pytest.raises(ConfigError, match=r"^train.lora.target_modules: 'layers' matches 'und_aligner.layers', "
+                                          r"a Sequential, which LoRA cannot adapt; its Linear layers: layers.0, "
+                                          r"layers.2$"):
         add_adapters(model, {"parts": ["und_aligner"], "target_modules": ["layers"]})
     with pytest.raises(ConfigError, match=r"'generator.head' and 'generator' overlap"):
         add_adapters(model, {"parts": ["generator", "generator.head"]})
@@ -200,3 +201,20 @@ def test_loading_mistakes_are_one_line_and_exit_2(trained, tmp_path, capsys):
 
     err = cli_error(["merge-lora", str(GOLDEN_JANUS), str(tmp_path / "out")], capsys)
     assert f"{GOLDEN_JANUS} is not a LoRA folder (no {ADAPTER_CONFIG})" in err
+
+
+def test_the_shipped_lora_recipe_runs(shapes_split, tmp_path):
+    """configs/finetune/shapes_lora.yaml, as docs/training.md runs it, for two steps on the shipped model."""
+    from unimm.config import load_config
+    from unimm.pretrained import DEFAULT_MODEL
+    from unimm.train import train_main
+
+    recipe = load_config("finetune/shapes_lora", [
+        f"train.init_from={DEFAULT_MODEL}", f"train.output_dir={tmp_path}", "train.batch_size=2",
+        "train.progress=false",
+        "train.stages.0.steps=2", "train.stages.0.warmup_steps=0", "train.data.num_threads=1",
+        f"train.data.sources.und.jsonl={shapes_split / 'und.jsonl'}",
+        f"train.data.sources.t2i.jsonl={shapes_split / 't2i.jsonl'}"])
+    final = train_main(recipe)
+    assert json.loads((final / ADAPTER_CONFIG).read_text())["base_model"] == str(DEFAULT_MODEL)
+    assert unimm.load_pretrained(final).model.lora_parts.keys() == {"backbone", "generator.head"}
