@@ -76,11 +76,7 @@ def measure(model_name: str, mode: str, batch: int, steps: int, device: str) -> 
         model.to(torch.bfloat16)  # the base in bfloat16; the adapters below stay float32
         model.generator.autoencoder.float()
     if "lora" in mode:
-        from peft.functional import cast_adapter_dtype
-
-        add_adapters(model, LORA)
-        for name in LORA["parts"]:
-            cast_adapter_dtype(model.get_submodule(name), "default", autocast_adapter_dtype=True)
+        add_adapters(model, LORA)  # float32 adapters, also on a bfloat16 base
         apply_lora_stage(model, {"trainable": []})
     else:
         apply_stage(model, FULL)

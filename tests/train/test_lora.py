@@ -120,7 +120,8 @@ def test_save_load_merge_keep_the_logits(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("task", ["und", "t2i"])
 def test_the_loss_falls_on_a_small_fixed_set(shapes_split, tmp_path, task):
-    """Adapters only (``trainable: []``). Measured (40 steps, mean of first / last 5): understanding ~5.2 -> ~2.9."""
+    """Adapters only (``trainable: []``). Measured (40 steps, mean of the first / last 5 losses): understanding
+    6.0 -> 1.1, generation (VQ token CE) 4.1 -> 1.6."""
     Trainer(lora_config(shapes_split, tmp_path, {"und": int(task == "und"), "t2i": int(task == "t2i")}, 40)).fit()
     curve = losses(tmp_path)
     assert len(curve) == 40
@@ -136,6 +137,27 @@ def test_gradient_checkpointing_with_lora_gives_the_same_losses(shapes_split, tm
         assert trainer.model.backbone.lm.is_activation_checkpointing == on
         runs.append(losses(out))
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
+
+
+def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path):
+    """``lora.base_dtype: bfloat16`` (the small-GPU recipe): the base loads in bfloat16 and stays unchanged; the
+    adapters and a part the stage trains in full are float32."""
+    cfg = lora_config(shapes_split, tmp_path, {"und": 1, "t2i": 1}, 2, trainable=["und_aligner"])
+    cfg["train"]["lora"] = {**LORA, "base_dtype": "bfloat16"}
+    with pytest.raises(ConfigError, match=r"^train.lora.base_dtype = bfloat16 needs train.mixed_precision: bf16 "):
+        Trainer(cfg)
+    cfg["train"]["mixed_precision"] = "bf16"
+    trainer = Trainer(cfg)
+    final = trainer.fit()
+    base = unimm.load_pretrained(GOLDEN_JANUS, dtype="bfloat16").model.state_dict()
+    for name, param in trainer.model.named_parameters():
+        if ".lora_" in name or name.startswith("und_aligner."):
+            assert param.dtype == torch.float32, name
+        elif not name.startswith("generator.autoencoder."):  # the autoencoder stays float32 in any case
+            assert param.dtype == torch.bfloat16, name
+            assert torch.equal(param, base[name.replace(".base_layer.", ".")]), name
+    assert all(np.isfinite(losses(tmp_path)))
+    assert unimm.load_pretrained(final).model.dtype == torch.float32  # adapters apply to a float32 base as well
 
 
 # -- mistakes: one line each ----------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ peft layer holding it as ``base_layer``; the rest of unimm's module tree and its
 ``train.lora`` (checked by :data:`~unimm.train.schema.LORA_SCHEMA`)::
 
     lora: {parts: [backbone, generator.head], r: 8, alpha: 16, dropout: 0.05,
-           target_modules: null}   # null: q/k/v/o projections in a transformers part, else every Linear;
+           target_modules: null,   # null: q/k/v/o projections in a transformers part, else every Linear;
                                    # a list for every part, or {part: [names]} per part
+           base_dtype: float32}    # bfloat16: train.init_from is loaded in bfloat16 (half the memory)
 
 A module name matches a target when it is the target or ends with ``.target`` (peft's rule). In a LoRA run a stage
 trains the adapters plus whatever its ``trainable`` names (``trainable: []`` for adapters only); a layer that has
-an adapter never trains its base weight.
+an adapter never trains its base weight. Adapters, and whatever else trains, are float32 whatever the base's dtype.
 
 The saved folder (:func:`save_adapters`) holds ``adapter_config.json`` (the base model's folder, each part's
 settings, the names of fully trained tensors), ``adapter_model.safetensors`` (peft's adapter state dict of each
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..registry import CheckpointError, ConfigError
@@ -38,7 +40,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAINED_WEIGHTS = "trained.safetensors"
 FORMAT = "unimm-lora"
-LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None}
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None,
+                                 "base_dtype": "float32"}
 #: The default targets in a part that holds a transformers model (Llama's names, also Qwen2's, Mistral's ...).
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -106,7 +109,7 @@ def add_adapters(model: nn.Module, spec: Mapping[str, Any], where: str = "train.
     matches nothing (naming the part and its Linear layers).
     """
     from peft import LoraConfig
-    from peft.functional import inject_adapter_in_model
+    from peft.functional import cast_adapter_dtype, inject_adapter_in_model
 
     spec = {**LORA_DEFAULTS, **spec}
     parts = list(spec.get("parts") or [])
@@ -136,6 +139,7 @@ def add_adapters(model: nn.Module, spec: Mapping[str, Any], where: str = "train.
         config = LoraConfig(r=part_settings["r"], lora_alpha=part_settings["alpha"],
                             lora_dropout=part_settings["dropout"], target_modules=part_settings["target_modules"])
         inject_adapter_in_model(config, part)
+        cast_adapter_dtype(part, "default", autocast_adapter_dtype=True)  # float32 adapters on a bfloat16 base
     model.lora_parts = {**getattr(model, "lora_parts", {}), **settings}
     return settings
 
@@ -165,6 +169,8 @@ def apply_lora_stage(model: nn.Module, stage: Mapping[str, Any]) -> list[str]:
         param.requires_grad_(train)
         if train:
             names.append(name)
+            if param.dtype != torch.float32:  # a part of a bfloat16 base that a stage trains in full
+                param.data = param.data.float()
     return names
 
 

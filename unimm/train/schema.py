@@ -109,6 +109,7 @@ LORA_SCHEMA: dict[str, Rule] = {
     "r": integer(1),
     "alpha": number(0, low_open=True),
     "dropout": number(0, 1),
+    "base_dtype": one_of("float32", "bfloat16"),
     "target_modules": Rule(lambda v: v is None or TEXT_LIST.accepts(v) or (isinstance(v, Mapping) and all(
         TEXT_LIST.accepts(x) for x in v.values())), "a list of module names, {part: [names]}, or null"),
 }
@@ -187,6 +188,9 @@ def check_train_section(train: Mapping[str, Any]) -> None:
         if not train.get("init_from"):
             raise ConfigError("train.lora: needs train.init_from, the base model folder that the saved adapters "
                               "apply to")
+        if train["lora"].get("base_dtype") == "bfloat16" and train.get("mixed_precision") != "bf16":
+            raise ConfigError("train.lora.base_dtype = bfloat16 needs train.mixed_precision: bf16 (the bfloat16 base "
+                              "and the float32 adapters meet under autocast)")
     samples = train.get("samples") or {}
     for i, item in enumerate(samples.get("questions") or []):
         where = f"train.samples.questions[{i}]"

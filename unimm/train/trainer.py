@@ -200,9 +200,11 @@ class Trainer:
         if init_from:
             from ..pretrained import load_pretrained
 
-            loaded = load_pretrained(init_from, device="cpu", dtype="float32")  # accelerate places the model
+            # accelerate places the model; a LoRA run may keep its frozen base in bfloat16 (train.lora.base_dtype)
+            dtype = (self.settings["lora"] or {}).get("base_dtype", "float32")
+            loaded = load_pretrained(init_from, device="cpu", dtype=dtype)
             self.cfg = finetune_config(self.cfg, loaded.config, init_from)
-            return loaded.model.float(), processor or loaded.processor
+            return loaded.model.float() if dtype == "float32" else loaded.model, processor or loaded.processor
         from ..build import build_model, build_processor
 
         model = build_model(self.cfg)
