@@ -160,6 +160,14 @@ def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path):
     assert unimm.load_pretrained(final).model.dtype == torch.float32  # adapters apply to a float32 base as well
 
 
+def test_a_resumed_lora_run_gives_the_losses_of_an_uninterrupted_one(shapes_split, tmp_path):
+    """The checkpoint holds the adapted model; a relaunch adds the adapters again before loading it."""
+    Trainer(lora_config(shapes_split, tmp_path / "a", {"und": 1, "t2i": 1}, 4)).fit()
+    Trainer(lora_config(shapes_split, tmp_path / "b", {"und": 1, "t2i": 1}, 4, stop_after=2)).fit()
+    Trainer(lora_config(shapes_split, tmp_path / "b", {"und": 1, "t2i": 1}, 4, resume="latest")).fit()
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+
+
 # -- mistakes: one line each ----------------------------------------------------------------------------------
 def test_a_target_that_matches_nothing_names_the_part_and_the_candidates():
     model = unimm.load_pretrained(GOLDEN_JANUS).model
