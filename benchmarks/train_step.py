@@ -5,9 +5,11 @@ the estimated memory of a Janus-Pro-1B / -7B step under each.
 image tokens): one optimiser step = forward + backward + AdamW on one generation micro-batch
 (``generation_loss``: prompt + image tokens; the VQ encoder frozen), ``--batch`` images. Each (model, mode, round)
 runs in a fresh process, interleaved over ``--repeats`` rounds so that load from other processes hits every mode
-alike; each process builds the model, runs 1 untimed step, then ``--steps`` timed ones, and reports the median
-step time, tokens/s (prompt + image tokens per second) and its peak resident memory (``VmHWM``; on a GPU also
-``torch.cuda.max_memory_allocated``). Modes:
+alike; each process builds the model, runs 1 untimed step, then ``--steps`` timed ones (on one CPU thread: on
+shared cores more threads made the times scatter tenfold), and reports its step times and its peak resident memory
+(``ru_maxrss``, i.e. ``VmHWM``; on a GPU also ``torch.cuda.max_memory_allocated``). The table gives the median of
+all steps of all rounds (and the fastest), tokens/s (prompt + image tokens per second) at the median, and the median
+peak memory. Modes:
 
 * ``full``: ``und_aligner``, ``backbone`` and ``generator`` train (the autoencoder stays frozen), float32;
 * ``lora``: peft adapters (r=16) on the backbone's q/k/v/o and every Linear of the image head, nothing else trains;
@@ -70,6 +72,8 @@ def measure(model_name: str, mode: str, batch: int, steps: int, device: str) -> 
     from unimm.train.lora import add_adapters, apply_lora_stage
 
     torch.manual_seed(0)
+    if device == "cpu":  # one thread: on shared cores, more spin-wait on each other and the times scatter tenfold
+        torch.set_num_threads(1)
     cfg = load_config("janus_tiny", MODELS[model_name])
     model = unimm.build_model(cfg)
     if "bf16" in mode and "lora" in mode:
@@ -104,10 +108,8 @@ def measure(model_name: str, mode: str, batch: int, steps: int, device: str) -> 
             torch.cuda.synchronize()
         if step >= 1:
             times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
-    out = {"model": model_name, "mode": mode, "step_s": step_s, "tokens_per_s": tokens / step_s,
-           "peak_rss_mb": peak_rss_mb(), "trainable": sum(p.numel() for p in params),
-           "params": sum(p.numel() for p in model.parameters()), "loss": float(loss.detach())}
+    out = {"model": model_name, "mode": mode, "step_s": times, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
+           "trainable": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()), "loss": float(loss.detach())}
     if device.startswith("cuda"):
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -171,14 +173,17 @@ def main() -> None:
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
                 results.setdefault((name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     gpu = args.device.startswith("cuda")
-    print(f"measured on {args.device}, batch {args.batch}, median of {args.repeats} rounds x {args.steps} steps")
+    print(f"measured on {args.device}, batch {args.batch}, {args.repeats} rounds x {args.steps} steps: the median "
+          "step (the fastest), tokens/s at the median, the median peak RSS")
     print("| model | mode | params | trainable | step s | tokens/s | peak RSS MB |" + (" CUDA max MB |" if gpu else ""))
     print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for (name, mode), runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], float)}
+        times = [t for r in runs for t in r["step_s"]]  # every timed step of every round
+        step, fastest = statistics.median(times), min(times)
         row = (f"| {name} | {mode} | {runs[0]['params'] / 1e6:.2f}M | {runs[0]['trainable'] / 1e6:.2f}M | "
-               f"{med['step_s']:.3f} | {med['tokens_per_s']:.0f} | {med['peak_rss_mb']:.0f} |")
-        print(row + (f" {med['cuda_max_allocated_mb']:.0f} |" if gpu else ""))
+               f"{step:.2f} ({fastest:.2f}) | {runs[0]['tokens'] / step:.0f} | "
+               f"{statistics.median(r['peak_rss_mb'] for r in runs):.0f} |")
+        print(row + (f" {statistics.median(r['cuda_max_allocated_mb'] for r in runs):.0f} |" if gpu else ""))
     print(f"\nestimated GB of one step, batch {args.estimate_batch}, sequence {args.seq} (module docstring: "
           "weights = P*w, gradients = T*4, optimiser = T*8, activations = b*s*L*(10h+4i)*a [gc: b*s*L*h*a + one "
           "layer] + b*s*V*8)")
