@@ -109,7 +109,8 @@ def measure(model_name: str, mode: str, batch: int, steps: int, device: str) -> 
         if step >= 1:
             times.append(time.perf_counter() - start)
     out = {"model": model_name, "mode": mode, "step_s": times, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
-           "trainable": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()), "loss": float(loss.detach())}
+           "trainable": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()),
+           "loss": float(loss.detach())}
     if device.startswith("cuda"):
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
