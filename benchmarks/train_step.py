@@ -182,7 +182,7 @@ def main() -> None:
         times = [t for r in runs for t in r["step_s"]]  # every timed step of every round
         step, fastest = statistics.median(times), min(times)
         row = (f"| {name} | {mode} | {runs[0]['params'] / 1e6:.2f}M | {runs[0]['trainable'] / 1e6:.2f}M | "
-               f"{step:.2f} ({fastest:.2f}) | {runs[0]['tokens'] / step:.0f} | "
+               f"{step:.3f} ({fastest:.3f}) | {runs[0]['tokens'] / step:.0f} | "
                f"{statistics.median(r['peak_rss_mb'] for r in runs):.0f} |")
         print(row + (f" {statistics.median(r['cuda_max_allocated_mb'] for r in runs):.0f} |" if gpu else ""))
     print(f"\nestimated GB of one step, batch {args.estimate_batch}, sequence {args.seq} (module docstring: "
