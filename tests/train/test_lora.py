@@ -147,8 +147,15 @@ def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path):
     with pytest.raises(ConfigError, match=r"^train.lora.base_dtype = bfloat16 needs train.mixed_precision: bf16 "):
         Trainer(cfg)
     cfg["train"]["mixed_precision"] = "bf16"
-    trainer = Trainer(cfg)
-    final = trainer.fit()
+    # accelerate keeps one state per process, with the first run's precision: start this run afresh, and end it so
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        trainer = Trainer(cfg)
+        final = trainer.fit()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     base = unimm.load_pretrained(GOLDEN_JANUS, dtype="bfloat16").model.state_dict()
     for name, param in trainer.model.named_parameters():
         if ".lora_" in name or name.startswith("und_aligner."):
