@@ -192,6 +192,22 @@ def test_a_target_that_matches_nothing_names_the_part_and_the_candidates():
         add_adapters(model, {"parts": ["generator", "generator.head"]})
 
 
+def test_target_modules_per_part():
+    from unimm.train.lora import lora_layers
+
+    model = unimm.load_pretrained(GOLDEN_JANUS).model
+    with pytest.raises(ConfigError, match=r"^train.lora.target_modules.und_aligner: not one of train.lora.parts "
+                                          r"\(backbone\)$"):
+        add_adapters(model, {"parts": ["backbone"], "target_modules": {"und_aligner": ["layers.0"]}})
+    settings = add_adapters(model, {"parts": ["backbone", "und_aligner"], "r": 2,
+                                    "target_modules": {"backbone": ["q_proj"]}})
+    assert settings["backbone"]["target_modules"] == ["q_proj"]
+    assert settings["und_aligner"]["target_modules"] == ["layers.0", "layers.2"]  # the default: every Linear layer
+    assert [n for n, _ in lora_layers(model)] == ["und_aligner.layers.0", "und_aligner.layers.2",
+                                                  "backbone.lm.model.layers.0.self_attn.q_proj",
+                                                  "backbone.lm.model.layers.1.self_attn.q_proj"]
+
+
 @pytest.mark.parametrize("lora, message", [
     ({"parts": ["backbone"], "rank": 4}, r"^train.lora.rank: unknown key\."),
     ({"parts": ["backbone"], "r": 0}, r"^train.lora.r = 0: expected an integer >= 1$"),
