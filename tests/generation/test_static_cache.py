@@ -227,9 +227,17 @@ def test_fixed_shape_cache_gives_the_same_codes():
     assert type(new_cache(backbone, 8, fixed_shapes=True)).__name__ == "StaticCache"
 
 
-def test_compile_option_is_checked():
+def test_compile_option_is_checked(capsys, tmp_path):
+    from unimm.cli import main
+    from unimm.generation.flow_path import RectifiedFlowPath
     from unimm.generation.vq_path import VQGenerationPath
 
     assert VQGenerationPath.check_sample_options({"compile": True}) == {"compile": True}
-    with pytest.raises(InputError, match="compile: expected bool"):
+    with pytest.raises(InputError, match="sample.compile: expected bool, got str 'yes'"):
         VQGenerationPath.check_sample_options({"compile": "yes"}, where="sample.")
+    with pytest.raises(InputError, match="sample.compile: the RectifiedFlowPath does not take this sampling option"):
+        RectifiedFlowPath.check_sample_options({"compile": True}, where="sample.")
+    code = main(["generate", "--prompt", "x", "--num-images", "1", "--out", str(tmp_path), "--compile",
+                 "--override", "sample.compile=maybe"])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == ["unimm: error: sample.compile: expected bool, got str 'maybe'"]
