@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 import unimm
-from unimm.generation.flow_path import RectifiedFlowPath  # noqa: F401  (registers rectified_flow)
+import unimm.generation.flow_path  # noqa: F401  (registers rectified_flow)
 from unimm.registry import GENERATORS
 
 
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
             fns["unimm_compiled"] = lambda: model.sample_images(ids, mask, seed=0, compile=True, **options)
             fns["unimm_compiled"]()  # compile outside the timing
         if hf is not None:
-            fns["transformers_janus"] = lambda: hf.generate(
-                input_ids=ids, attention_mask=mask, generation_mode="image", do_sample=True, guidance_scale=args.guidance)
+            fns["transformers_janus"] = lambda: hf.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                                            generation_mode="image", guidance_scale=args.guidance)
         with torch.no_grad():
             times = interleaved(fns, args.repeats, device)
             with PeakMemory(device) as memory:
@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "transformers_janus" in times:
             row["speedup_vs_transformers_janus"] = times["transformers_janus"] / times["unimm"]
         result["vq"].append(row)
+        print(f"  VQ, {batch} image(s): " + ", ".join(f"{k} {batch * n / t:.1f} tokens/s" for k, t in times.items()),
+              flush=True)
     result["transformers_janus"] = "measured" if hf is not None else hf_reason
 
     if "flow" not in args.skip:
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["flow"] = {"steps": args.flow_steps, "image_tokens": flow.num_image_tokens,
                           **{f"{k}_steps_per_s": args.flow_steps / t for k, t in times.items()},
                           "speedup": times["recompute_prompt"] / times["unimm"]}  # fmt: skip
+        print("  JanusFlow: " + ", ".join(f"{k} {args.flow_steps / t:.3f} steps/s" for k, t in times.items()),
+              flush=True)
 
     if "answer" not in args.skip:
         image = Image.new("RGB", (64, 64), (200, 30, 30))
