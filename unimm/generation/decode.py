@@ -45,7 +45,8 @@ class _StepMasks:
     def __init__(self, backbone: Any, full_mask: torch.Tensor, fixed_shapes: bool, dtype: torch.dtype):
         self.full, self.fixed = full_mask, fixed_shapes
         self.padded = not bool(full_mask.all())  # read once, before the loop
-        self.four_d = decode_mask(full_mask, attention_kind(backbone), dtype) if self.padded else None
+        kind = attention_kind(backbone)
+        self.four_d = decode_mask(full_mask, kind, dtype) if self.padded and not fixed_shapes else None
 
     def at(self, filled: int) -> torch.Tensor | None:
         """The mask for a step whose key/value length (cache plus the new token) is ``filled``."""
@@ -133,7 +134,8 @@ def sample_vq_codes(
     if run is None:
         run = step
     codes = torch.empty(rows // 2, steps, dtype=torch.long, device=ids.device)
-    kept = torch.empty(rows // 2, steps, logits.shape[-1], device=ids.device) if keep_steps else None
+    kept = torch.empty(rows // 2, steps, logits.shape[-1], dtype=torch.float32, device=ids.device) if keep_steps \
+        else None
     iterator = range(steps)
     if progress:
         from tqdm.auto import tqdm
