@@ -56,6 +56,7 @@ def _placement(args: argparse.Namespace) -> dict:
 #: Sampling flags of ``generate`` / ``bench evaluate`` -> the generation path's option names.
 SAMPLE_FLAGS = {"--guidance": "guidance", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
                 "--steps": "num_steps"}
+SAMPLE_FLAGS["--compile"] = "compile"  # VQ models: compile the one-token decode step (unimm.generation.decode)
 
 
 def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
@@ -396,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
         p.add_argument("--top-p", type=float, help="VQ models: sample within the top-p probability mass")
         p.add_argument("--steps", dest="num_steps", type=int, help="flow models: number of Euler steps")
+        p.add_argument("--compile", action="store_const", const=True, help="VQ models: compile the one-token "
+                       "decode step (torch.compile, CUDA graphs on CUDA; off by default: no gain measured on CPU)")
 
     und = sub.add_parser("understand", help="answer a question about an image")
     model_args(und)

@@ -157,12 +157,18 @@ class UnifiedModel(nn.Module):
         Returns:
             (B, n_new) generated ids, n_new <= max_new_tokens.
         """
+        from .generation.decode import decode_text
         from .generation.sampling import sample_next
+        from .generation.static_cache import supports_static_cache
 
         device = self.device
         mask = batch["attention_mask"].to(device)
         embeds = self.embed_inputs(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()})
         generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        if supports_static_cache(self.backbone):  # a preallocated cache; finished rows leave the batch
+            return decode_text(self.backbone, embeds, mask, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                               pad_id=pad_id, choose=lambda logits: sample_next(logits, temperature, top_k, top_p,
+                                                                                generator))  # fmt: skip
         positions = positions_from_mask(mask)
         out = self.backbone(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
         cache, next_pos = out.past_key_values, positions[:, -1:] + 1
