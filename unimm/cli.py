@@ -12,6 +12,7 @@
     unimm bench evaluate [--model M] DATA        score a model on an exported split
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
     unimm eval geneval --prompts F --out DIR     GenEval's sample folders (evaluation_metadata.jsonl)
+    unimm demo [--model M] [--host H] [--port P] a Gradio page: chat about images, generate (unimm.serving.demo)
 
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
@@ -188,6 +189,17 @@ def cmd_chat(args: argparse.Namespace) -> None:
         print("unimm chat: type a message; /image PATH attaches an image, /reset clears, /quit ends",
               file=sys.stderr)
     chat.run(sys.stdin, prompt="> " if interactive else "")
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .serving.demo import Loaded, check_address, launch
+
+    check_args(args)
+    check_address(args.host, args.port)  # a bad or busy address fails before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    print(f"unimm demo: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    launch(Loaded(model, processor, cfg), host=args.host, port=args.port, seed=args.seed)
 
 
 # -- eval ------------------------------------------------------------------------------------------------------
@@ -424,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-k", type=int)
     chat.add_argument("--top-p", type=float)
     chat.set_defaults(func=cmd_chat)
+
+    demo = sub.add_parser("demo", help="a Gradio page to chat about images and generate pictures")
+    model_args(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                      "only; 0.0.0.0: every interface)")
+    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)

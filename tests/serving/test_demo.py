@@ -1,0 +1,193 @@
+"""The demo's handlers called directly, then through gradio_client against the launched page, then `unimm demo`'s
+bad flags. Each answer and image is compared with what the library gives for the same request (unimm chat's
+:class:`~unimm.chat.Chat`, ``model.generate_images`` with unimm generate's defaults), so the demo cannot drift."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from unimm.chat import Chat
+from unimm.cli import main
+from unimm.images import to_pil
+from unimm.model import UnifiedModel
+from unimm.serving.demo import Loaded, build_demo, chat_turn, clear_chat, default_sample_options, generate
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pictures")
+    red, blue = folder / "red.png", folder / "blue.png"
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(red)
+    Image.new("RGB", (32, 32), (20, 40, 200)).save(blue)
+    (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def reference_answers(loaded, turns, **sampling):
+    """What ``unimm chat`` answers to ``turns`` [(text, [image paths])...]."""
+    chat = Chat(loaded.model, loaded.processor, out=io.StringIO(), err=io.StringIO(), **sampling)
+    answers = []
+    for text, paths in turns:
+        chat.pending = [Image.open(p).convert("RGB") for p in paths]
+        answers.append(chat.ask(text))
+    return answers
+
+
+def test_chat_turns_answer_as_unimm_chat_does(loaded, pictures):
+    red, blue = str(pictures / "red.png"), str(pictures / "blue.png")
+    shown, remembered, box = chat_turn(loaded, {"text": "what colour is the shape?", "files": [red]}, [], [])
+    assert box is None and len(remembered) == 1 and len(remembered[0].images) == 1
+    assert shown[0] == {"role": "user", "content": {"path": red}}
+    # the second turn sees the first (its image stays in the conversation) and adds a second image
+    shown, remembered, _ = chat_turn(loaded, {"text": "and this one?", "files": [blue]}, shown, remembered,
+                                     0.0, 1.0, 32, 0)
+    expected = reference_answers(loaded, [("what colour is the shape?", [red]), ("and this one?", [blue])],
+                                 max_new_tokens=32, temperature=0.0, top_p=1.0, seed=0)
+    assert [e.answer for e in remembered] == expected
+    assert [m["content"] for m in shown if m["role"] == "assistant"] == expected
+    assert clear_chat() == ([], [], None)
+
+
+def test_sampled_chat_follows_the_seed(loaded, pictures):
+    message = {"text": "what is in the image?", "files": [str(pictures / "red.png")]}
+    answers = [chat_turn(loaded, message, [], [], 1.5, 0.9, 12, seed)[1][0].answer for seed in (1, 1)]
+    assert answers[0] == answers[1] == reference_answers(
+        loaded, [(message["text"], message["files"])], max_new_tokens=12, temperature=1.5, top_p=0.9, seed=1)[0]
+
+
+def test_generate_draws_what_the_library_draws(loaded):
+    options = default_sample_options(loaded)
+    assert options == {"guidance": 1.0, "temperature": 1.0, "top_k": None, "top_p": None}  # the config's sample:
+    images = generate(loaded, "a red circle", 2, 7, {"top_k": 20, "top_p": None})
+    ids, mask = loaded.processor.generation_prompts(["a red circle"] * 2)
+    expected = to_pil(loaded.model.generate_images(ids, mask, pad_id=loaded.processor.pad_id, seed=7,
+                                                   guidance=1.0, temperature=1.0, top_k=20))
+    assert [im.size for im in images] == [(32, 32)] * 2
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
+
+
+BAD_CHAT = [  # (message, extra arguments, the message shown in the page)
+    ({"text": "  ", "files": ["{red}"]}, (), "the message is empty"),
+    ({"text": "what is it?", "files": []}, (), "no image: attach one or more images"),
+    ({"text": "what is it?", "files": ["{pictures}/notes.png"]}, (), "cannot read image"),
+    ({"text": "what is it?", "files": ["{pictures}/gone.png"]}, (), "image file not found"),
+    ({"text": "what is it?", "files": ["{red}"]}, (-1.0, 1.0, 16, 0), "temperature = -1.0: must be >= 0"),
+    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 0.0, 16, 0), "top-p = 0.0: must be > 0"),
+    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 0, 0), "max tokens = 0: must be >= 1"),
+    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 16, -3), "seed = -3: must be >= 0"),
+    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 300, 0), "leaves no room for the conversation"),
+    ({"text": "why " * 200, "files": ["{red}"]}, (0.0, 1.0, 16, 0), "so a turn may use 240: shorten it"),
+]
+
+
+@pytest.mark.parametrize("message, extra, expected", BAD_CHAT, ids=[c[2].split(":")[0] for c in BAD_CHAT])
+def test_bad_chat_input_shows_the_library_message(loaded, pictures, message, extra, expected):
+    files = [f.format(red=pictures / "red.png", pictures=pictures) for f in message["files"]]
+    with pytest.raises(gr.Error, match=expected.replace("(", r"\(")):
+        chat_turn(loaded, {"text": message["text"], "files": files}, [], [], *extra)
+
+
+def test_a_huge_image_is_refused(loaded, pictures, monkeypatch):
+    from unimm.encoders import transforms
+
+    monkeypatch.setattr(transforms, "MAX_DECODE_PIXELS", 32 * 32)  # the 40x30 PNG is "huge" here
+    with pytest.raises(gr.Error, match=r"red.png is 40x30 pixels, more than the .* unimm decodes"):
+        chat_turn(loaded, {"text": "what is it?", "files": [str(pictures / "red.png")]}, [], [])
+
+
+BAD_GENERATE = [  # (prompt, number of images, seed, options, the message shown in the page)
+    ("", 1, 0, {}, "the prompt is empty"),
+    ("a red circle " * 70, 1, 0, {}, "the prompt \\(218 tokens\\) and the image \\(64 tokens\\) exceed the backbone's 256"),
+    ("a red circle " * 90, 1, 0, {}, "the prompt is 278 tokens long but the model allows 256"),
+    ("a red circle", 0, 0, {}, "number of images = 0: must be >= 1"),
+    ("a red circle", 9, 0, {}, "number of images = 9: must be >= 1 and <= 8"),
+    ("a red circle", 1, 2**64, {}, "seed = 18446744073709551616: must be >= 0 and <= 18446744073709551615"),
+    ("a red circle", 1, 0, {"top_k": 0}, "top_k = 0: must be >= 1"),
+    ("a red circle", 1, 0, {"guidance": -2.0}, "guidance = -2.0: must be >= 0.0"),
+    ("a red circle", 1, 0, {"num_steps": 10}, "num_steps: the VQGenerationPath does not take this sampling option"),
+]
+
+
+@pytest.mark.parametrize("prompt, count, seed, options, expected", BAD_GENERATE,
+                         ids=[c[4].split(":")[0][:30] for c in BAD_GENERATE])
+def test_bad_generate_input_shows_the_library_message(loaded, prompt, count, seed, options, expected):
+    with pytest.raises(gr.Error, match=expected):
+        generate(loaded, prompt, count, seed, options)
+
+
+def api_names(demo: gr.Blocks) -> set[str]:
+    return {fn.api_name for fn in demo.fns.values() if fn.api_name}
+
+
+def test_a_model_without_generation_path_has_no_generate_tab(loaded, pictures):
+    model = loaded.model
+    chat_only = Loaded(UnifiedModel(model.und_encoder, model.und_aligner, model.backbone, None), loaded.processor,
+                       loaded.cfg)
+    demo = build_demo(chat_only)
+    assert api_names(demo) == {"chat", "clear"}
+    assert "Generate" not in {getattr(block, "label", None) for block in demo.blocks.values()}
+    assert api_names(build_demo(loaded)) == {"chat", "clear", "generate"}
+    with pytest.raises(gr.Error, match="no generation path"):
+        generate(chat_only, "a red circle", 1, 0, {})
+
+
+# -- through gradio_client, against the page served on a free port -------------------------------------------------
+def test_gradio_client_generates_and_chats(loaded, demo_url, pictures):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(demo_url, verbose=False)
+    gallery = client.predict("a blue square", 2, 5, 1.0, 1.0, None, None, api_name="/generate")
+    drawn = [Image.open(item["image"]) for item in gallery]
+    assert [im.size for im in drawn] == [(32, 32)] * 2
+    expected = generate(loaded, "a blue square", 2, 5, {"guidance": 1.0, "temperature": 1.0})
+    assert [im.convert("RGB").tobytes() for im in drawn] == [im.tobytes() for im in expected]  # PNG: lossless
+
+    red = str(pictures / "red.png")
+    shown, box = client.predict({"text": "what colour is the shape?", "files": [handle_file(red)]}, [], 0.0, 1.0, 16, 0,
+                           api_name="/chat")
+    answer = reference_answers(loaded, [("what colour is the shape?", [red])], max_new_tokens=16, temperature=0.0,
+                               top_p=1.0, seed=0)[0]
+    assert shown[0]["content"][0]["type"] == "file" and shown[1]["content"][0]["text"] == "what colour is the shape?"
+    assert shown[-1]["role"] == "assistant" and shown[-1]["content"][0]["text"] == answer
+    assert box == {"text": "", "files": []}  # the message box is emptied for the next turn
+
+    with pytest.raises(AppError, match="the prompt is empty"):
+        client.predict("", 1, 0, 1.0, 1.0, None, None, api_name="/generate")
+    client.predict({"text": "and now?", "files": []}, [], 0.0, 1.0, 16, 0, api_name="/chat")  # the image is
+    client.predict(api_name="/clear")  # remembered in this session until cleared
+    with pytest.raises(AppError, match="no image: attach"):
+        client.predict({"text": "what is it?", "files": []}, [], 0.0, 1.0, 16, 0, api_name="/chat")
+    assert len(client.predict("a red circle", 1, 0, 1.0, 1.0, None, None, api_name="/generate")) == 1  # still up
+    assert torch.is_grad_enabled()  # the handlers leave the process as they found it
+
+
+# -- unimm demo's flags ---------------------------------------------------------------------------------------------
+def test_bad_demo_flags_give_one_line_and_status_2(capsys):
+    with socket.socket() as busy, socket.socket() as spare:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spare.bind(("127.0.0.1", 0))
+        free = spare.getsockname()[1]
+        spare.close()  # a port nothing listens on, so the model case reaches the loading
+        cases = [
+            (["--port", "0"], "--port = 0: must be in 1..65535"),
+            (["--port", "70000"], "--port = 70000: must be in 1..65535"),
+            (["--port", str(port)], f"--port {port}: already in use on 127.0.0.1; pick another"),
+            (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: unknown host"),
+            (["--host", "192.0.2.1"], "--host 192.0.2.1: cannot listen there"),  # TEST-NET: not this machine
+            (["--seed", "-1"], "--seed = -1: must be at least 0"),
+            (["--device", "tpu"], "--device"),
+            (["--model", "/no/such/model", "--port", str(free)], "/no/such/model"),
+        ]
+        for flags, expected in cases:
+            assert main(["demo", *flags]) == 2, flags
+            err = capsys.readouterr().err
+            assert err.startswith("unimm: error: ") and expected in err and err.count("\n") == 1, (flags, err)
