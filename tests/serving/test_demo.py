@@ -103,7 +103,8 @@ def test_a_huge_image_is_refused(loaded, pictures, monkeypatch):
 
 BAD_GENERATE = [  # (prompt, number of images, seed, options, the message shown in the page)
     ("", 1, 0, {}, "the prompt is empty"),
-    ("a red circle " * 70, 1, 0, {}, "the prompt \\(218 tokens\\) and the image \\(64 tokens\\) exceed the backbone's 256"),
+    ("a red circle " * 70, 1, 0, {},
+     "the prompt \\(218 tokens\\) and the image \\(64 tokens\\) exceed the backbone's 256"),
     ("a red circle " * 90, 1, 0, {}, "the prompt is 278 tokens long but the model allows 256"),
     ("a red circle", 0, 0, {}, "number of images = 0: must be >= 1"),
     ("a red circle", 9, 0, {}, "number of images = 9: must be >= 1 and <= 8"),
@@ -143,7 +144,7 @@ def test_gradio_client_generates_and_chats(loaded, demo_url, pictures):
     from gradio_client.exceptions import AppError
 
     client = Client(demo_url, verbose=False)
-    gallery = client.predict("a blue square", 2, 5, 1.0, 1.0, None, None, api_name="/generate")
+    gallery = client.predict("a blue square", 2, 5, 1.0, 1.0, 0, 0, api_name="/generate")  # top-k, top-p 0: off
     drawn = [Image.open(item["image"]) for item in gallery]
     assert [im.size for im in drawn] == [(32, 32)] * 2
     expected = generate(loaded, "a blue square", 2, 5, {"guidance": 1.0, "temperature": 1.0})

@@ -189,13 +189,26 @@ def header_markdown(info: dict) -> str:
             f"Parts: {parts}.")
 
 
+def _zero_is_off(option) -> bool:
+    """An optional option (top_k, top_p) for which 0 is not a valid value: its field's 0 means "not set" (a
+    browser's number field cannot send an empty value)."""
+    return option.optional and option.min is not None and (option.min > 0 or option.min_exclusive and option.min == 0)
+
+
+def option_value(option, value: Any) -> Any:
+    """A field's value -> the option's value: 0 -> None (off) where :func:`_zero_is_off`; others as they are."""
+    return None if value == 0 and _zero_is_off(option) else value
+
+
 def _option_field(name: str, option, default: Any):
-    """A Gradio input for one declared sampling option (its type, range, default and help)."""
+    """A Gradio input for one declared sampling option (its type, default and help). Ranges are left to the
+    library's check, so an out-of-range value gets the same message as on the command line."""
     label = name.replace("_", " ")
     if option.type is bool:
         return gr.Checkbox(value=bool(default), label=label, info=option.help)
-    return gr.Number(value=default, label=label, info=option.help, minimum=option.min, maximum=option.max,
-                     precision=0 if option.type is int else None)
+    if _zero_is_off(option):
+        label, default = f"{label} (0 = off)", 0 if default is None else default
+    return gr.Number(value=default, label=label, info=option.help, precision=0 if option.type is int else None)
 
 
 def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
@@ -216,7 +229,7 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
                 top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top-p")
                 max_tokens = gr.Slider(1, max(1, min(1024, limit // 2)), value=min(128, limit // 2), step=1,
                                        label="max tokens")
-                chat_seed = gr.Number(value=seed, precision=0, minimum=0, label="seed")
+                chat_seed = gr.Number(value=seed, precision=0, label="seed")
             clear = gr.Button("Clear", elem_id="clear-button")
 
             def on_chat(message, messages, exchanges, temperature, top_p, max_tokens, seed):
@@ -231,7 +244,7 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
                 prompt = gr.Textbox(label="prompt", placeholder="what to draw", elem_id="prompt")
                 with gr.Row():
                     count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images")
-                    gen_seed = gr.Number(value=seed, precision=0, minimum=0, label="seed")
+                    gen_seed = gr.Number(value=seed, precision=0, label="seed")
                 defaults = default_sample_options(loaded)
                 with gr.Row():
                     fields = [_option_field(name, option, defaults[name])
@@ -243,7 +256,8 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
 
                 def on_generate(prompt, count, seed, *values, progress=gr.Progress(track_tqdm=True)):
                     progress(0, desc="sampling")
-                    return generate(loaded, prompt, count, seed, dict(zip(names, values)), progress=True)
+                    given = {name: option_value(path.sample_options[name], value) for name, value in zip(names, values)}
+                    return generate(loaded, prompt, count, seed, given, progress=True)
 
                 gr.on([button.click, prompt.submit], on_generate, [prompt, count, gen_seed, *fields], gallery,
                       api_name="generate")
