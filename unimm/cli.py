@@ -191,17 +191,6 @@ def cmd_chat(args: argparse.Namespace) -> None:
     chat.run(sys.stdin, prompt="> " if interactive else "")
 
 
-# -- demo ------------------------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> None:
-    from .serving.demo import Loaded, check_address, launch
-
-    check_args(args)
-    check_address(args.host, args.port)  # a bad or busy address fails before the model is loaded
-    model, processor, cfg = _load(args.model, args.overrides, args)
-    print(f"unimm demo: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
-    launch(Loaded(model, processor, cfg), host=args.host, port=args.port, seed=args.seed)
-
-
 # -- eval ------------------------------------------------------------------------------------------------------
 def cmd_eval_geneval(args: argparse.Namespace) -> None:
     from . import __version__
@@ -246,6 +235,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(path)
     if args.grid:
         print(save_grid(images, args.grid, nrow=args.num_images, scale=args.grid_scale))
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .serving.demo import Loaded, check_address, launch
+
+    check_args(args)
+    check_address(args.host, args.port)  # a bad or busy address fails before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    print(f"unimm demo: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    launch(Loaded(model, processor, cfg), host=args.host, port=args.port, seed=args.seed)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -437,13 +437,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float)
     chat.set_defaults(func=cmd_chat)
 
-    demo = sub.add_parser("demo", help="a Gradio page to chat about images and generate pictures")
-    model_args(demo)
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                      "only; 0.0.0.0: every interface)")
-    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    demo.set_defaults(func=cmd_demo)
-
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)
     gen.add_argument("--prompt", required=True, action="append",
@@ -458,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--progress", action="store_true", help="show a progress bar on stderr while sampling")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="a Gradio page to chat about images and generate pictures")
+    model_args(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                      "only; 0.0.0.0: every interface)")
+    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    demo.set_defaults(func=cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a model folder to unimm's format or transformers' Janus layout")
     conv.add_argument("src")

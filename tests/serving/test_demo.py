@@ -16,7 +16,9 @@ from unimm.chat import Chat
 from unimm.cli import main
 from unimm.images import to_pil
 from unimm.model import UnifiedModel
-from unimm.serving.demo import Loaded, build_demo, chat_turn, clear_chat, default_sample_options, generate
+from unimm.serving.demo import (Loaded, build_demo, chat_turn, clear_chat, default_sample_options, generate,
+                               header_markdown)
+from unimm.serving.model_info import describe
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +128,32 @@ def api_names(demo: gr.Blocks) -> set[str]:
     return {fn.api_name for fn in demo.fns.values() if fn.api_name}
 
 
-def test_a_model_without_generation_path_has_no_generate_tab(loaded, pictures):
+def tab_labels(demo: gr.Blocks) -> set[str]:
+    return {block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)}
+
+
+def test_a_model_without_generation_path_has_no_generate_tab(loaded):
     model = loaded.model
     chat_only = Loaded(UnifiedModel(model.und_encoder, model.und_aligner, model.backbone, None), loaded.processor,
                        loaded.cfg)
     demo = build_demo(chat_only)
     assert api_names(demo) == {"chat", "clear"}
-    assert "Generate" not in {getattr(block, "label", None) for block in demo.blocks.values()}
-    assert api_names(build_demo(loaded)) == {"chat", "clear", "generate"}
+    assert "Generate" not in tab_labels(demo)
+    assert "has no generation path (chat only)" in header_markdown(describe(chat_only.model, loaded.processor, None))
     with pytest.raises(gr.Error, match="no generation path"):
         generate(chat_only, "a red circle", 1, 0, {})
+    full = build_demo(loaded)
+    assert api_names(full) == {"chat", "clear", "generate"} and tab_labels(full) == {"Chat", "Generate"}
+    assert all(fn.queue for fn in full.fns.values()) and full._queue.default_concurrency_limit == 1  # one at a time
+
+
+def test_the_header_names_the_model_its_parts_and_size(loaded):
+    header = header_markdown(describe(loaded.model, loaded.processor, loaded.cfg))
+    assert header.startswith("# unimm demo: shapes-janus\n1.53 M parameters; draws 32x32 images with "
+                             "`VQGenerationPath`")
+    for part in ("und_encoder `SigLIPEncoder` (114 K)", "backbone `CausalLMBackbone` (962 K)",
+                 "generator `VQGenerationPath` (430 K)"):
+        assert part in header
 
 
 # -- through gradio_client, against the page served on a free port -------------------------------------------------

@@ -1,2 +1,3 @@
-"""Putting a loaded model in front of people: the Gradio demo (:mod:`unimm.serving.demo`, ``unimm demo``) and
-what it shows about a model (:mod:`unimm.serving.model_info`)."""
+"""Serving a unimm model: the HTTP API (``unimm serve``, :mod:`unimm.serving.api`), the request batcher
+(:mod:`unimm.serving.batcher`) and the model description both the API and the demo show
+(:mod:`unimm.serving.model_info`)."""

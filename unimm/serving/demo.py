@@ -30,7 +30,7 @@ import gradio as gr
 
 from ..chat import Chat, Exchange
 from ..registry import InputError, UnimmError
-from .model_info import describe_model, format_parameters
+from .model_info import describe
 
 #: Most images one Generate request may ask for (the slider's end).
 MAX_IMAGES = 8
@@ -178,11 +178,22 @@ def generate(loaded: Loaded, prompt: str | None, num_images: int = 1, seed: int 
 
 
 # -- the page --------------------------------------------------------------------------------------------------
+def format_parameters(count: int) -> str:
+    """``1234567`` -> ``"1.23 M"`` (B above a billion, K below a million)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return str(count)
+
+
 def header_markdown(info: dict) -> str:
-    """The page's header: the model's name and size, then one line per part (from :func:`describe_model`)."""
-    parts = ", ".join(f"{p['slot']} `{p['type']}` ({format_parameters(p['parameters'])})" for p in info["parts"])
-    if info["generation_path"]:
-        makes = f"draws {info['image_size']}x{info['image_size']} images with `{info['generation_path']}`"
+    """The page's header: the model's name and size, then its parts (from :func:`model_info.describe`)."""
+    parts = ", ".join(f"{slot} `{part['type']}` ({format_parameters(part['parameters'])})"
+                      for slot, part in info["parts"].items())
+    generation = info["generation"]
+    if generation:
+        side = generation["image_size"]
+        makes = f"draws {side}x{side} images with `{generation['type']}`"
     else:
         makes = "has no generation path (chat only)"
     return (f"# unimm demo: {info['name']}\n{format_parameters(info['parameters'])} parameters; {makes}.  \n"
@@ -215,7 +226,7 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
     """The Gradio app for ``loaded`` (not launched): Chat tab, and Generate tab when the model has a generation
     path. Stable ``elem_id``s for browsers: ``prompt``, ``generate-button``, ``gallery``, ``chat-input``, ``chatbot``.
     """
-    info = describe_model(loaded.model, loaded.cfg)
+    info = describe(loaded.model, loaded.processor, loaded.cfg)
     limit = loaded.processor.max_length or loaded.model.backbone.max_positions or 2048
     with gr.Blocks(title=f"unimm demo: {info['name']}", analytics_enabled=False) as demo:
         gr.Markdown(header_markdown(info), elem_id="header")

@@ -1,51 +1,80 @@
-"""What a loaded model is, as plain JSON-ready data: the demo's header and the API's ``GET /v1/model``.
+"""What a loaded model is, as plain JSON-ready data: the API's ``GET /v1/model`` and the demo's header.
 
-:func:`describe_model` reads only the part contracts (slots of :class:`~unimm.model.UnifiedModel`, the generation
-path's ``image_size`` / ``num_image_tokens`` / ``sample_options``) and the config's ``name`` and ``sample:``
-defaults, so it works for any model unimm builds, including parts registered by plugins.
+:func:`describe` reads only the part contracts (``unimm/*/base.py``): each slot's class and parameter count, the
+generation path's image size and its declared :class:`~unimm.generation.base.SampleOption` s (type, default,
+range, help), with the model config's ``sample:`` values as the defaults where it sets them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
-
-from ..build import count_parameters
 
 SLOTS = ("und_encoder", "und_aligner", "backbone", "generator")
 
 
-def describe_model(model, cfg) -> dict[str, Any]:
-    """The model's name, parts, size, generation path and sampling options.
+def describe(model, processor, cfg=None, name: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description of ``model``.
+
+    Args:
+        model: a :class:`~unimm.model.UnifiedModel`.
+        processor: its :class:`~unimm.processor.Processor` (the understanding image size).
+        cfg: the resolved config (its ``name`` and ``sample:`` defaults), or None.
+        name: the model's name; default the config's ``name``.
 
     Returns:
-        ``{"name": str, "parameters": int, "parts": [{"slot", "type", "parameters"}...],
-        "understanding_image_size": int, "generation_path": str | None, "image_size": int | None,
-        "num_image_tokens": int | None, "sample_options": {name: {"type", "default", "min", "max", "optional",
-        "help"}}}``; an option's ``default`` is the config's ``sample:`` value when it sets one, else the path's.
+        ``{"name", "parameters", "device", "dtype", "parts": {slot: {"type", "parameters"}},
+        "understanding": {"image_size"}, "generation": None or {"type", "image_size", "num_image_tokens",
+        "options": {option: {"type", "default", "min", "max", "min_exclusive", "optional", "help"}}}}``.
     """
-    parts = [{"slot": slot, "type": type(part).__name__, "parameters": count_parameters(part)}
-             for slot in SLOTS if (part := getattr(model, slot)) is not None]
-    path = model.generator
-    defaults = dict(cfg.get("sample") or {}) if cfg is not None else {}
-    options = {}
-    for name, option in (path.sample_options.items() if path is not None else ()):
-        options[name] = {"type": option.type.__name__, "default": defaults.get(name, option.default),
-                         "min": option.min, "max": option.max, "optional": option.optional, "help": option.help}
+    parts = {}
+    for slot in SLOTS:
+        part = getattr(model, slot, None)
+        if part is not None:
+            parts[slot] = {"type": type(part).__name__, "parameters": _count(part)}
+    backbone_weight = next(model.backbone.parameters())
     return {
-        "name": (cfg.get("name") if cfg is not None else None) or type(model).__name__,
-        "parameters": count_parameters(model),
+        "name": name or _config_value(cfg, "name") or "unnamed",
+        "parameters": _count(model),
+        "device": str(backbone_weight.device),
+        "dtype": str(backbone_weight.dtype).removeprefix("torch."),
         "parts": parts,
-        "understanding_image_size": model.und_encoder.image_size,
-        "generation_path": type(path).__name__ if path is not None else None,
-        "image_size": path.image_size if path is not None else None,
-        "num_image_tokens": path.num_image_tokens if path is not None else None,
-        "sample_options": options,
+        "understanding": {"image_size": processor.image_size},
+        "generation": generation_info(model, cfg),
     }
 
 
-def format_parameters(count: int) -> str:
-    """``1234567`` -> ``"1.23 M"`` (B above a billion, K below a million)."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= scale:
-            return f"{count / scale:.3g} {unit}"
-    return str(count)
+def generation_info(model, cfg=None) -> dict[str, Any] | None:
+    """The generation path's ``type``, ``image_size``, ``num_image_tokens`` and sampling ``options``; None for an
+    understanding-only model."""
+    path = model.generator
+    if path is None:
+        return None
+    defaults = _config_value(cfg, "sample") or {}
+    options = {}
+    for option, spec in path.sample_options.items():
+        options[option] = {
+            "type": spec.type.__name__, "default": defaults.get(option, spec.default), "min": spec.min,
+            "max": spec.max, "min_exclusive": spec.min_exclusive, "optional": spec.optional, "help": spec.help,
+        }
+    return {"type": type(path).__name__, "image_size": path.image_size, "num_image_tokens": path.num_image_tokens,
+            "options": options}
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _config_value(cfg, key: str) -> Any:
+    """``cfg[key]`` as plain Python (omegaconf containers resolved), or None."""
+    if cfg is None or key not in cfg:
+        return None
+    from omegaconf import OmegaConf
+
+    value = cfg[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def model_name(folder: str | Path | None, cfg=None) -> str:
+    """The name to show: the config's ``name``, else the model folder's name."""
+    return _config_value(cfg, "name") or (Path(folder).name if folder else "unnamed")
