@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 
 import gradio as gr
 import pytest
@@ -83,7 +84,8 @@ BAD_CHAT = [  # (message, extra arguments, the message shown in the page)
     ({"text": "what is it?", "files": ["{red}"]}, (0.0, 0.0, 16, 0), "top-p = 0.0: must be > 0"),
     ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 0, 0), "max tokens = 0: must be >= 1"),
     ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 16, -3), "seed = -3: must be >= 0"),
-    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 300, 0), "leaves no room for the conversation"),
+    ({"text": "what is it?", "files": ["{red}"]}, (0.0, 1.0, 300, 0),
+     "max tokens = 300 leaves no room for the conversation"),
     ({"text": "why " * 200, "files": ["{red}"]}, (0.0, 1.0, 16, 0), "so a turn may use 240: shorten it"),
 ]
 
@@ -183,7 +185,12 @@ def test_gradio_client_generates_and_chats(loaded, demo_url, pictures):
     client.predict(api_name="/clear")  # remembered in this session until cleared
     with pytest.raises(AppError, match="no image: attach"):
         client.predict({"text": "what is it?", "files": []}, [], 0.0, 1.0, 16, 0, api_name="/chat")
-    assert len(client.predict("a red circle", 1, 0, 1.0, 1.0, None, None, api_name="/generate")) == 1  # still up
+    job = client.submit("a red circle", 8, 0, 1.0, 1.0, 0, 0, api_name="/generate")  # the server is still up
+    progress = set()
+    while not job.done():  # the page's progress bar: the sampler's steps (64 image tokens, about a second here)
+        progress |= {(unit.desc, unit.length) for unit in job.status().progress_data or ()}
+        time.sleep(0.01)
+    assert len(job.result()) == 8 and ("image tokens", 64) in progress
     assert torch.is_grad_enabled()  # the handlers leave the process as they found it
 
 

@@ -111,8 +111,11 @@ def chat_turn(loaded: Loaded, message: dict | str | None, messages: list[dict], 
     paths = [f if isinstance(f, str) else f["path"] for f in files]  # gradio_client / the page send paths
     images = [load_image(path) for path in paths]
     notes = io.StringIO()
-    chat = Chat(loaded.model, loaded.processor, max_new_tokens=max_new_tokens, out=io.StringIO(), err=notes,
-                temperature=temperature, top_p=top_p, seed=seed)
+    try:
+        chat = Chat(loaded.model, loaded.processor, max_new_tokens=max_new_tokens, out=io.StringIO(), err=notes,
+                    temperature=temperature, top_p=top_p, seed=seed)
+    except InputError as err:  # Chat names the command's flag; the page calls it "max tokens"
+        raise InputError(str(err).replace("--max-new-tokens", "max tokens")) from None
     chat.history, chat.pending = list(exchanges), images
     answer = chat.ask(text)
     notices = [line.removeprefix("unimm: ") for line in notes.getvalue().splitlines()]
@@ -263,16 +266,34 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
                 button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 gallery = gr.Gallery(label="images", elem_id="gallery", columns=4, format="png",
                                      buttons=["download", "fullscreen"])
-                names = list(path.sample_options)
-
-                def on_generate(prompt, count, seed, *values, progress=gr.Progress(track_tqdm=True)):
-                    progress(0, desc="sampling")
-                    given = {name: option_value(path.sample_options[name], value) for name, value in zip(names, values)}
-                    return generate(loaded, prompt, count, seed, given, progress=True)
-
+                on_generate = _generate_handler(loaded)
                 gr.on([button.click, prompt.submit], on_generate, [prompt, count, gen_seed, *fields], gallery,
                       api_name="generate")
     return demo.queue(default_concurrency_limit=1)
+
+
+def _generate_handler(loaded: Loaded):
+    """The Generate button's function: (prompt, count, seed, one value per declared option, progress) -> images.
+
+    The options are known only at run time, but Gradio finds its progress tracker by the function's signature
+    (a ``*values`` parameter shifts it onto an option), so the handler gets an explicit ``__signature__``.
+    """
+    import inspect
+
+    options = loaded.model.generator.sample_options
+    names = list(options)
+
+    def on_generate(prompt, count, seed, *rest):
+        *values, progress = rest
+        progress(0, desc="sampling")  # the sampler's tqdm bar then drives it (track_tqdm)
+        given = {name: option_value(options[name], value) for name, value in zip(names, values)}
+        return generate(loaded, prompt, count, seed, given, progress=True)
+
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    on_generate.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, plain) for name in ("prompt", "count", "seed", *names)]
+        + [inspect.Parameter("progress", plain, default=gr.Progress(track_tqdm=True))])
+    return on_generate
 
 
 def launch(loaded: Loaded, host: str = "127.0.0.1", port: int = 7860, seed: int = 0, block: bool = True):
