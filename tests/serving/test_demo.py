@@ -217,3 +217,24 @@ def test_bad_demo_flags_give_one_line_and_status_2(capsys):
             assert main(["demo", *flags]) == 2, flags
             err = capsys.readouterr().err
             assert err.startswith("unimm: error: ") and expected in err and err.count("\n") == 1, (flags, err)
+
+
+def test_a_flow_model_gets_its_own_options():
+    """JanusFlow's path declares guidance and steps (no defaults of its own: they are the path's attributes)."""
+    from unimm.build import build_model, build_processor
+    from unimm.config import load_config
+
+    cfg = load_config("janusflow_tiny", [])
+    model = build_model(cfg).eval()
+    flow = Loaded(model, build_processor(cfg, model), cfg)
+    path = model.generator
+    assert default_sample_options(flow) == {"guidance": path.guidance, "num_steps": path.num_steps}
+    demo = build_demo(flow)
+    fields = [block for block in demo.blocks.values() if isinstance(block, gr.Number) and block.label != "seed"]
+    assert [(f.label, f.value) for f in fields] == [("guidance", path.guidance), ("num steps", path.num_steps)]
+    images = generate(flow, "a cat", 1, 3, {"num_steps": 2})
+    ids, mask = flow.processor.generation_prompts(["a cat"])
+    expected = to_pil(model.generate_images(ids, mask, pad_id=flow.processor.pad_id, seed=3, num_steps=2))
+    assert images[0].size == (path.image_size,) * 2 and images[0].tobytes() == expected[0].tobytes()
+    with pytest.raises(gr.Error, match="top_k: the RectifiedFlowPath does not take this sampling option"):
+        generate(flow, "a cat", 1, 0, {"top_k": 5})

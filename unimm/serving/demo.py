@@ -136,12 +136,23 @@ def clear_chat() -> tuple[list, list, None]:
 # -- generate --------------------------------------------------------------------------------------------------
 def default_sample_options(loaded: Loaded) -> dict[str, Any]:
     """Each declared option's starting value: the config's ``sample:`` section over the path's own default, the
-    values ``unimm generate`` uses when no flag is given (:func:`unimm.cli._sample_options`)."""
+    values ``unimm generate`` uses when no flag is given (:func:`unimm.cli._sample_options`).
+
+    A required option declared without a default (a flow path's ``guidance`` and ``num_steps``: "default: the
+    path's guidance") starts at the path's attribute of that name, which is what sampling then uses: a page field
+    must show a number, as a browser cannot send an empty one.
+    """
     from ..cli import SAMPLE_FLAGS, _sample_options
 
     path = loaded.model.generator
     given = _sample_options(loaded.model, loaded.cfg, argparse.Namespace(**dict.fromkeys(SAMPLE_FLAGS.values())))
-    return {name: given.get(name, option.default) for name, option in path.sample_options.items()}
+    starts = {}
+    for name, option in path.sample_options.items():
+        value = given.get(name, option.default)
+        if value is None and not option.optional:
+            value = getattr(path, name, None)
+        starts[name] = value
+    return starts
 
 
 @shown_in_page
