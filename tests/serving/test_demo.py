@@ -75,6 +75,17 @@ def test_generate_draws_what_the_library_draws(loaded):
     assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
 
 
+def test_old_turns_dropped_to_fit_are_a_warning_in_the_page(loaded, pictures):
+    red, blue = str(pictures / "red.png"), str(pictures / "blue.png")  # each turn is about 40 tokens; the
+    # 256 positions less 200 kept for the answer leave room for one
+    _, remembered, _ = chat_turn(loaded, {"text": "what colour is it?", "files": [red]}, [], [], 0.0, 1.0, 200, 0)
+    with pytest.warns(UserWarning, match=r"dropped the oldest 1 turn\(s\) to stay within the model's 256 positions"):
+        shown, remembered, _ = chat_turn(loaded, {"text": "and this one?", "files": [blue]}, [], remembered,
+                                         0.0, 1.0, 200, 0)
+    assert [e.text for e in remembered] == ["and this one?"]  # answered without the first turn
+    assert shown[-1]["content"] == reference_answers(loaded, [("and this one?", [blue])], max_new_tokens=200)[0]
+
+
 BAD_CHAT = [  # (message, extra arguments, the message shown in the page)
     ({"text": "  ", "files": ["{red}"]}, (), "the message is empty"),
     ({"text": "what is it?", "files": []}, (), "no image: attach one or more images"),
