@@ -7,8 +7,9 @@ Two tabs over one loaded model (:class:`Loaded`):
   seed; a clear button.
 * **Generate** (only for models with a generation path): a prompt, the number of images, one field per sampling
   option the path declares (``model.generator.sample_options``: guidance, temperature, top-k, top-p for VQ;
-  guidance and steps for flow), defaulting to the config's ``sample:`` section exactly as ``unimm generate`` does
-  (:func:`unimm.cli._sample_options`); the images (B, 3, H, W) from ``model.generate_images`` go to a gallery.
+  guidance and steps for flow), starting where ``unimm generate`` starts with no flags (the config's ``sample:``
+  section, :func:`unimm.cli._sample_options`, else the path's own values; 0 turns top-k / top-p off); the images
+  (B, 3, H, W) in [-1, 1] from ``model.generate_images`` go to a gallery as PNGs of the path's ``image_size``.
 
 The handlers are plain functions of this module (:func:`chat_turn`, :func:`generate`), so tests call them without a
 browser; in the page they are wired by :func:`build_demo` under the API names ``/chat`` and ``/generate`` (for
@@ -257,8 +258,8 @@ def build_demo(loaded: Loaded, seed: int = 0) -> gr.Blocks:
                 chat_seed = gr.Number(value=seed, precision=0, label="seed")
             clear = gr.Button("Clear", elem_id="clear-button")
 
-            def on_chat(message, messages, exchanges, temperature, top_p, max_tokens, seed):
-                return chat_turn(loaded, message, messages, exchanges, temperature, top_p, max_tokens, seed)
+            def on_chat(message, messages, exchanges, temperature, top_p, max_tokens, turn_seed):
+                return chat_turn(loaded, message, messages, exchanges, temperature, top_p, max_tokens, turn_seed)
 
             box.submit(on_chat, [box, chatbot, remembered, temperature, top_p, max_tokens, chat_seed],
                        [chatbot, remembered, box], api_name="chat")
