@@ -12,6 +12,7 @@
     unimm bench evaluate [--model M] DATA        score a model on an exported split
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
     unimm eval geneval --prompts F --out DIR     GenEval's sample folders (evaluation_metadata.jsonl)
+    unimm demo [--model M] [--host H] [--port P] a Gradio page: chat about images, generate (unimm.serving.demo)
 
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
@@ -237,6 +238,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(save_grid(images, args.grid, nrow=args.num_images, scale=args.grid_scale))
 
 
+# -- demo ------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .serving.demo import Loaded, check_address, launch
+
+    check_args(args)
+    check_address(args.host, args.port)  # a bad or busy address fails before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    print(f"unimm demo: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    launch(Loaded(model, processor, cfg), host=args.host, port=args.port, seed=args.seed)
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from .pretrained import save_pretrained
 
@@ -442,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--progress", action="store_true", help="show a progress bar on stderr while sampling")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="a Gradio page to chat about images and generate pictures")
+    model_args(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                      "only; 0.0.0.0: every interface)")
+    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    demo.set_defaults(func=cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a model folder to unimm's format or transformers' Janus layout")
     conv.add_argument("src")
