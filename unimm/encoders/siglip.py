@@ -173,6 +173,10 @@ class SigLIPEncoder(UnderstandingEncoder):
 
         return save_part(self, self.architecture, folder, extra=notes)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """Each transformer block (timm's ``Block``), then the encoder (patch embedding, norm, pool)."""
+        return [*self.vit.blocks, self]
+
     def folded_config(self) -> dict | None:
         """:attr:`architecture` when loaded from a folder (``path``), else None."""
         return dict(self.architecture) if self.source_path is not None else None
