@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
