@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fsdp_steps import GLOBAL_BATCH, SAVE_AFTER, STEPS, batch, eval_batch, make_model, optimizer_for, train_step  # noqa
+from sharded_steps import (GLOBAL_BATCH, SAVE_AFTER, STEPS, batch, eval_batch, make_model, optimizer_for,  # noqa: E402
+                           train_step)
 
 from unimm.pretrained import save_pretrained  # noqa: E402
 from unimm.train.sharding import full_state_dict, load_sharded, save_sharded, shard_model  # noqa: E402

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import unimm
 from unimm.registry import ConfigError
@@ -25,7 +24,7 @@ from unimm.train.sharding import (accelerate_fsdp_settings, check_fsdp_version, 
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from fsdp_steps import GLOBAL_BATCH, GOLDEN, STEPS, batch, eval_batch, make_model, optimizer_for, train_step  # noqa
+from sharded_steps import GOLDEN, check_gathered_model, make_model, single_process_losses  # noqa: E402
 
 FLOW = GOLDEN.parent / "janusflow_tiny"
 
@@ -74,12 +73,6 @@ def test_fsdp1_with_a_mixed_unit_and_several_stages_per_launch_fail_with_the_fix
     check_one_stage_per_launch(None, ["one", "two"])  # one process or DDP re-freezes between stages
 
 
-def single_process_losses() -> list[float]:
-    wrapped, processor, _ = make_model()
-    optimizer = optimizer_for(wrapped)
-    return [float(train_step(wrapped, optimizer, batch(processor, s, range(GLOBAL_BATCH)))) for s in range(STEPS)]
-
-
 @pytest.mark.slow
 def test_two_process_fsdp2_matches_one_process_resumes_exactly_and_gathers_a_loadable_model(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
@@ -100,15 +93,4 @@ def test_two_process_fsdp2_matches_one_process_resumes_exactly_and_gathers_a_loa
     assert ranks[0]["resumed"] == sharded[2:] and ranks[1]["resumed"] == sharded[2:]
     assert (tmp_path / "ckpt" / "pytorch_model_fsdp_0" / ".metadata").is_file()
 
-    # The gathered model, saved by save_pretrained, loads and gives the sharded model's logits.
-    saved = torch.load(tmp_path / "logits.pt", weights_only=True)
-    model, processor, _ = unimm.load_pretrained(tmp_path / "final", device="cpu", dtype="float32")
-    model.eval()
-    with torch.no_grad():
-        logits = model(**eval_batch(processor))
-    torch.testing.assert_close(logits, saved["logits"], rtol=1e-5, atol=1e-5)
-    start, _, _ = make_model()
-    moved = [k for k, v in start.state_dict().items() if not torch.equal(v, saved["state"][k])]
-    assert moved and all(k.startswith(("model.backbone.", "model.und_aligner", "model.generator.head",
-                                       "model.generator.aligner")) for k in moved)
-    assert "model.backbone.lm.lm_head.weight" not in moved  # frozen inside a trained unit: unchanged
+    check_gathered_model(tmp_path)

@@ -135,6 +135,16 @@ def configure_accelerate_fsdp(plugin: Any, model: nn.Module) -> None:
     plugin.transformer_cls_names_to_wrap = wrap_class_names(model)
 
 
+def configure_accelerate_deepspeed(plugin: Any, batch_size: int, grad_accum: int, num_processes: int) -> None:
+    """Give the DeepSpeed plugin that ``accelerate launch`` built the micro-batch size and accumulation of
+    ``train``: accelerate reads them from a data loader, which the trainer does not hand it, and would otherwise
+    replace ``train.grad_accum`` by the accelerate config's value."""
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(batch_size)
+    plugin.deepspeed_config["gradient_accumulation_steps"] = int(grad_accum)
+    plugin.deepspeed_config["train_batch_size"] = int(batch_size) * int(grad_accum) * int(num_processes)
+    plugin.gradient_accumulation_steps = int(grad_accum)
+
+
 def register_forward_methods(model: nn.Module) -> int:
     """After sharding: let :data:`FORWARD_METHODS` of every sharded part gather its unit as ``forward`` does.
 
@@ -223,6 +233,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["FORWARD_METHODS", "PART_CONTRACTS", "accelerate_fsdp_settings", "check_fsdp_version",
-           "check_one_stage_per_launch", "configure_accelerate_fsdp", "fsdp_units", "full_state_dict",
+           "check_one_stage_per_launch", "configure_accelerate_deepspeed", "configure_accelerate_fsdp", "fsdp_units", "full_state_dict",
            "load_sharded", "mixed_units", "register_forward_methods", "save_sharded", "shard_model",
            "sharding_engine", "wrap_class_names"]

@@ -40,7 +40,8 @@ from .freeze import apply_stage, frozen_parts_to_eval
 from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .optim import build_optimizer, build_scheduler
 from .schema import check_train_section
-from .sharding import check_one_stage_per_launch, configure_accelerate_fsdp, register_forward_methods, sharding_engine
+from .sharding import (check_one_stage_per_launch, configure_accelerate_deepspeed, configure_accelerate_fsdp,
+                       register_forward_methods, sharding_engine)
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +300,9 @@ class Trainer:
         engine = sharding_engine(acc)
         if engine == "fsdp":  # the wrapping the parts declare (unimm/train/sharding.py), FSDP2
             configure_accelerate_fsdp(acc.state.fsdp_plugin, self.model)
+        elif engine == "deepspeed":
+            configure_accelerate_deepspeed(acc.state.deepspeed_plugin, int(s["batch_size"]), int(s["grad_accum"]),
+                                           acc.num_processes)
         wrapped, optimizer = acc.prepare(TaskLossModule(self.model), optimizer)
         if engine == "fsdp":
             register_forward_methods(self.model)

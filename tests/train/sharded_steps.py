@@ -1,4 +1,5 @@
-"""What the FSDP test and its worker share: the tiny Janus model under one stage, fixed global batches, one step.
+"""What the sharded-training tests (FSDP, DeepSpeed) and their workers share: the tiny Janus model under one stage,
+fixed global batches, one step.
 
 A stage that mixes frozen and trained parts: the understanding encoder and the VQ tokenizer frozen, the LM head
 frozen inside the trained backbone (so the backbone's own unit mixes both), the aligner and image head trained.
@@ -69,3 +70,26 @@ def train_step(wrapped, optimizer, b: dict) -> torch.Tensor:
 def eval_batch(processor) -> dict:
     """A fixed understanding batch for comparing logits."""
     return batch(processor, 99, range(2))["und"]
+
+
+def single_process_losses() -> list[float]:
+    """The reference: :data:`STEPS` steps on whole global batches in one process."""
+    wrapped, processor, _ = make_model()
+    optimizer = optimizer_for(wrapped)
+    return [float(train_step(wrapped, optimizer, batch(processor, s, range(GLOBAL_BATCH)))) for s in range(STEPS)]
+
+
+def check_gathered_model(out: Path) -> None:
+    """The worker's ``final/`` (save_pretrained of the gathered weights) loads with ``load_pretrained`` and gives
+    the logits the sharded model gave; only trained parameters moved, the frozen LM head did not."""
+    saved = torch.load(out / "logits.pt", weights_only=True)
+    model, processor, _ = unimm.load_pretrained(out / "final", device="cpu", dtype="float32")
+    model.eval()
+    with torch.no_grad():
+        logits = model(**eval_batch(processor))
+    torch.testing.assert_close(logits, saved["logits"], rtol=1e-5, atol=1e-5)
+    start, _, _ = make_model()
+    moved = [k for k, v in start.state_dict().items() if not torch.equal(v, saved["state"][k])]
+    assert moved and all(k.startswith(("model.backbone.", "model.und_aligner", "model.generator.head",
+                                       "model.generator.aligner")) for k in moved), moved
+    assert "model.backbone.lm.lm_head.weight" not in moved  # frozen inside a trained unit: unchanged
