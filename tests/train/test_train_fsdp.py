@@ -94,3 +94,22 @@ def test_two_process_fsdp2_matches_one_process_resumes_exactly_and_gathers_a_loa
     assert (tmp_path / "ckpt" / "pytorch_model_fsdp_0" / ".metadata").is_file()
 
     check_gathered_model(tmp_path)
+
+
+def test_the_trainer_refuses_two_stages_in_one_sharded_launch(tmp_path, monkeypatch):
+    """Under FSDP / DeepSpeed (here pretended: accelerate never picks them for CPU processes) one launch runs one
+    stage; the error names the fix. Stages before a resumed one do not count."""
+    from test_train_run import run_config
+
+    import unimm.train.trainer as trainer_module
+    from unimm.train import Trainer
+
+    monkeypatch.setattr(trainer_module, "sharding_engine", lambda accelerator: "fsdp")
+    stages = [{"name": name, "steps": 1, "trainable": ["und_aligner"], "mixture": {"und": 1}, "lr": 1e-3}
+              for name in ("align", "tune")]
+    model, processor, cfg = run_config("janus_tiny", tmp_path, stages)
+    trainer = Trainer(cfg, model=model, processor=processor)
+    with pytest.raises(ConfigError, match=r"2 stages \(align, tune\) would run in one fsdp launch.*"
+                                          r"train\.only_stages=\[align\]"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
