@@ -1,6 +1,7 @@
-"""Run by test_train_deepspeed.py under torchrun with 2 CPU processes: DeepSpeed ZeRO stage 2 (optimiser state and
-gradients partitioned) on its CPU accelerator over gloo, driving the trainer's ``TaskLossModule`` on half of each
-global batch; a DeepSpeed checkpoint after step 2, a resume from it, and the model saved by ``save_pretrained``.
+"""Run by test_train_deepspeed.py under torchrun with 2 CPU processes: DeepSpeed ZeRO stage ``argv[2]`` (2:
+optimiser state and gradients partitioned; 3: parameters too) on its CPU accelerator over gloo, driving the
+trainer's ``TaskLossModule`` on half of each global batch; a DeepSpeed checkpoint after step 2, a resume from it,
+and the gathered model saved by ``save_pretrained``.
 
 accelerate is not used: on CPU processes accelerate 1.15 finds no distributed backend under DeepSpeed and reports
 one process of rank 0 on every rank, while DeepSpeed's own gloo group has two (see docs/training.md).
@@ -22,13 +23,13 @@ from sharded_steps import GLOBAL_BATCH, SAVE_AFTER, STEPS, batch, eval_batch, lo
 
 from unimm.pretrained import save_pretrained  # noqa: E402
 
-out = Path(sys.argv[1])
+out, stage = Path(sys.argv[1]), int(sys.argv[2])
 deepspeed.init_distributed(dist_backend="gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 per_rank = GLOBAL_BATCH // world
 rows = range(rank * per_rank, (rank + 1) * per_rank)
 CONFIG = {"train_micro_batch_size_per_gpu": per_rank, "gradient_accumulation_steps": 1,
-          "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
+          "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
           "gradient_clipping": 0.0}  # none, as in the reference step (DeepSpeed 0.19 clips at 1.0 by default)
 
 
@@ -56,10 +57,13 @@ for s in range(STEPS):
 
 eng.module.eval()
 with torch.no_grad():
-    logits = eng.module.model(**eval_batch(processor))
-if rank == 0:  # ZeRO-2 keeps whole parameters on every rank: the module's state dict is the model
-    state = {k: v.detach().clone() for k, v in eng.module.state_dict().items()}
-    save_pretrained(eng.module.model, processor, cfg, out / "final")
+    logits = eng.module.model(**eval_batch(processor))  # under ZeRO-3 a partitioned forward, on every rank
+    # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 gathers them here (every rank takes part).
+    with deepspeed.zero.GatheredParameters(list(eng.module.parameters()), enabled=stage == 3):
+        state = {k: v.detach().clone() for k, v in eng.module.state_dict().items()}
+if rank == 0:
+    plain = {k.removeprefix("model."): v for k, v in state.items()}  # the trainer's save_final does the same
+    save_pretrained(eng.module.model, processor, cfg, out / "final", state_dict=plain)
     torch.save({"logits": logits, "state": state}, out / "logits.pt")
 
 eng, processor, cfg = engine()

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO stage 2 on two CPU processes (DeepSpeed's CPU accelerator, gloo), when the installed DeepSpeed
+"""DeepSpeed ZeRO stages 2 and 3 on two CPU processes (DeepSpeed's CPU accelerator, gloo), when the installed DeepSpeed
 has one: the losses equal a single-process run of the same global batches, a DeepSpeed checkpoint resumes with the
 same next losses, and the saved model loads with ``load_pretrained``.
 
@@ -36,16 +36,18 @@ def cpu_deepspeed_or_skip() -> None:
 
 
 @pytest.mark.slow
-def test_zero2_on_two_cpu_processes_matches_one_process_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_on_two_cpu_processes_matches_one_process_and_resumes_exactly(stage, tmp_path):
     cpu_deepspeed_or_skip()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
-           str(HERE / "deepspeed_worker.py"), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29533 + stage),
+           str(HERE / "deepspeed_worker.py"), str(tmp_path), str(stage)]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [(r["world"], r["backend"], r["zero_stage"], r["accelerator"]) for r in ranks] == [(2, "gloo", 2, "cpu")] * 2
+    engines = [(r["world"], r["backend"], r["zero_stage"], r["accelerator"]) for r in ranks]
+    assert engines == [(2, "gloo", stage, "cpu")] * 2
     partitions = sorted(p.name for p in (tmp_path / "ckpt" / "step2").glob("zero_pp_rank_*_optim_states.pt"))
     assert len(partitions) == 2  # the optimiser state is partitioned: one file per rank
 
