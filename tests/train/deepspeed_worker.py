@@ -29,7 +29,8 @@ rank, world = dist.get_rank(), dist.get_world_size()
 per_rank = GLOBAL_BATCH // world
 rows = range(rank * per_rank, (rank + 1) * per_rank)
 CONFIG = {"train_micro_batch_size_per_gpu": per_rank, "gradient_accumulation_steps": 1,
-          "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
+          "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
+          "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
           "gradient_clipping": 0.0}  # none, as in the reference step (DeepSpeed 0.19 clips at 1.0 by default)
 
 
@@ -58,9 +59,10 @@ for s in range(STEPS):
 eng.module.eval()
 with torch.no_grad():
     logits = eng.module.model(**eval_batch(processor))  # under ZeRO-3 a partitioned forward, on every rank
-    # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 gathers them here (every rank takes part).
-    with deepspeed.zero.GatheredParameters(list(eng.module.parameters()), enabled=stage == 3):
-        state = {k: v.detach().clone() for k, v in eng.module.state_dict().items()}
+    # ZeRO-2 keeps whole parameters on every rank; under ZeRO-3 every rank takes part in DeepSpeed's gather onto
+    # rank 0, the call accelerator.get_state_dict makes in the trainer's save_final.
+    state = eng._zero3_consolidated_16bit_state_dict() if stage == 3 else eng.module.state_dict()
+    state = {k: v.detach().clone() for k, v in (state or {}).items()}  # {} on the other ranks
 if rank == 0:
     plain = {k.removeprefix("model."): v for k, v in state.items()}  # the trainer's save_final does the same
     save_pretrained(eng.module.model, processor, cfg, out / "final", state_dict=plain)

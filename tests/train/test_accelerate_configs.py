@@ -49,8 +49,11 @@ def test_deepspeed_configs_give_their_zero_stage(name, stage, monkeypatch):
     plugin = DeepSpeedPlugin()
     assert plugin.zero_stage == stage and plugin.deepspeed_config["zero_optimization"]["stage"] == stage
     configure_accelerate_deepspeed(plugin, batch_size=4, grad_accum=2, num_processes=8)  # as the trainer does
-    assert (plugin.deepspeed_config["train_micro_batch_size_per_gpu"], plugin.deepspeed_config["train_batch_size"],
-            plugin.deepspeed_config["gradient_accumulation_steps"]) == (4, 64, 2)
+    config = plugin.deepspeed_config
+    assert (config["train_micro_batch_size_per_gpu"], config["train_batch_size"],
+            config["gradient_accumulation_steps"]) == (4, 64, 2)
+    # ZeRO-3: the final model can be gathered on the main process (accelerator.get_state_dict needs this).
+    assert config["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False) == (stage == 3)
 
 
 def test_fsdp_config_is_fsdp2_and_takes_the_declared_wrapping(monkeypatch):

@@ -138,11 +138,17 @@ def configure_accelerate_fsdp(plugin: Any, model: nn.Module) -> None:
 def configure_accelerate_deepspeed(plugin: Any, batch_size: int, grad_accum: int, num_processes: int) -> None:
     """Give the DeepSpeed plugin that ``accelerate launch`` built the micro-batch size and accumulation of
     ``train``: accelerate reads them from a data loader, which the trainer does not hand it, and would otherwise
-    replace ``train.grad_accum`` by the accelerate config's value."""
-    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(batch_size)
-    plugin.deepspeed_config["gradient_accumulation_steps"] = int(grad_accum)
-    plugin.deepspeed_config["train_batch_size"] = int(batch_size) * int(grad_accum) * int(num_processes)
+    replace ``train.grad_accum`` by the accelerate config's value. Under ZeRO-3 the final model is gathered onto the
+    main process by DeepSpeed's ``_zero3_consolidated_16bit_state_dict`` (what ``accelerator.get_state_dict``
+    calls), which needs ``stage3_gather_16bit_weights_on_model_save``: it is switched on here."""
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = int(batch_size)
+    config["gradient_accumulation_steps"] = int(grad_accum)
+    config["train_batch_size"] = int(batch_size) * int(grad_accum) * int(num_processes)
     plugin.gradient_accumulation_steps = int(grad_accum)
+    if int(plugin.zero_stage) == 3:
+        config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+        plugin.zero3_save_16bit_model = True
 
 
 def register_forward_methods(model: nn.Module) -> int:
