@@ -239,6 +239,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["FORWARD_METHODS", "PART_CONTRACTS", "accelerate_fsdp_settings", "check_fsdp_version",
-           "check_one_stage_per_launch", "configure_accelerate_deepspeed", "configure_accelerate_fsdp", "fsdp_units", "full_state_dict",
-           "load_sharded", "mixed_units", "register_forward_methods", "save_sharded", "shard_model",
-           "sharding_engine", "wrap_class_names"]
+           "check_one_stage_per_launch", "configure_accelerate_deepspeed", "configure_accelerate_fsdp",
+           "fsdp_units", "full_state_dict", "load_sharded", "mixed_units", "register_forward_methods",
+           "save_sharded", "shard_model", "sharding_engine", "wrap_class_names"]
