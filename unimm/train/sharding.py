@@ -14,9 +14,13 @@ settings through accelerate's own wrapping policy into ``torch.distributed.fsdp.
 tests shard the model on CPU processes (accelerate never picks FSDP for CPU processes).
 
 Checkpoints: :func:`save_sharded` / :func:`load_sharded` write and read model and optimiser shards with
-``torch.distributed.checkpoint`` in accelerate's layout (``pytorch_model_fsdp_0/``, ``optimizer_0/``), which is what
-``accelerator.save_state`` writes in the trainer under FSDP with ``SHARDED_STATE_DICT``; :func:`full_state_dict`
-gathers the whole model on rank 0 for ``unimm.save_pretrained``.
+``torch.distributed.checkpoint`` in accelerate's layout (``pytorch_model_fsdp_0/`` holding ``{"model": ...}``,
+``optimizer_0/`` holding ``{"optimizer": ...}``), which is what ``accelerator.save_state`` writes in the trainer
+under FSDP with ``SHARDED_STATE_DICT``; :func:`full_state_dict` gathers the whole model on rank 0 for
+``unimm.save_pretrained``.
+
+Also here, for the trainer: :func:`sharding_engine` (which engine ``accelerate launch`` set up),
+:func:`check_one_stage_per_launch`, and :func:`configure_accelerate_deepspeed` (batch sizes, ZeRO-3 gathering).
 """
 
 from __future__ import annotations
