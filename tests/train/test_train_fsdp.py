@@ -113,3 +113,25 @@ def test_the_trainer_refuses_two_stages_in_one_sharded_launch(tmp_path, monkeypa
                                           r"train\.only_stages=\[align\]"):
         trainer.fit()
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
+
+
+SWAPS = {
+    "sam_siglip": ["model.und_encoder=@parts/und_encoder/sam_siglip_tiny",
+                   "model.und_aligner=@parts/und_aligner/hybrid_split_mlp_gelu"],
+    "shared_vq": ["model.und_encoder=@parts/und_encoder/shared_vq_tiny"],
+    "timm_vit": ["model.und_encoder=@parts/und_encoder/timm_vit_tiny"],
+    "timm_convnext": ["model.und_encoder=@parts/und_encoder/timm_convnext_tiny"],
+    "gpt2": ["model.backbone=@parts/backbone/gpt2_tiny"],
+    "qwen2": ["model.backbone=@parts/backbone/qwen2_tiny"],
+    "flow": ["model.generator=@parts/generator/flow_tiny"],
+}
+
+
+@pytest.mark.parametrize("swap", sorted(SWAPS))
+def test_every_shipped_part_declares_units_that_wrapping_by_class_can_express(swap):
+    """Each shipped part swapped into janus_tiny: accelerate wraps by class, so every module of a unit's class must
+    be a declared unit (wrap_class_names raises otherwise), and the backbone's layers are units."""
+    model = unimm.build_model(unimm.load_config("janus_tiny", SWAPS[swap]))
+    classes = wrap_class_names(model)
+    layers = {n for n, _ in fsdp_units(model) if n.startswith("backbone.") and n != "backbone"}
+    assert len(layers) == model.backbone.num_layers and "CausalLMBackbone" in classes
