@@ -217,6 +217,10 @@ class RectifiedFlowPath(GenerationPath):
         uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
         return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The VAE (frozen), the ConvNeXt encoder and decoder, then the path (aligners, REPA projector)."""
+        return [self.autoencoder, self.encoder, self.decoder, self]
+
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
