@@ -36,6 +36,7 @@ from ..devices import module_dtype
 from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
+from .sampling import randn_rows
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 
 #: The networks take time on the 0..1000 scale used in training the released model.
@@ -264,7 +265,7 @@ class RectifiedFlowPath(GenerationPath):
         dtype = self.encoder_aligner.weight.dtype
         latent_shape = (batch, self.autoencoder.latent_channels, self.latent_size, self.latent_size)
         if noise is None:
-            z = torch.randn(latent_shape, generator=generator, device=device, dtype=dtype)
+            z = randn_rows(latent_shape, generator, device=device, dtype=dtype)
         elif tuple(noise.shape) != latent_shape:
             raise InputError(f"noise must have shape {latent_shape}, got {tuple(noise.shape)}")
         else:
