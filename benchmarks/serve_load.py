@@ -4,9 +4,9 @@ For each ``--max-batch`` setting (default ``1``, no batching, then ``16``) it st
 localhost port with the model (default: the shipped shapes model), waits for ``/health``, sends one warm-up
 request, then runs ``--clients`` concurrent clients (default 16). Each client sends ``POST /v1/generate`` requests
 (``--num-images`` images, a seed of its own) one after another until ``--duration`` seconds have passed or it has
-sent ``--max-requests``; the server is then stopped. The server runs torch on ``--threads`` threads (default 1). Reported per setting: requests, errors (non-200 answers and
-transport errors), requests/s and images/s over the run, and p50 / p95 latency. The last line compares the
-throughputs::
+sent ``--max-requests``; the server is then stopped. The server runs torch on ``--threads`` threads (default 1).
+Reported per setting: requests, errors (non-200 answers and transport errors), requests/s and images/s over the
+run, and p50 / p95 latency. The last line compares the throughputs::
 
     python benchmarks/serve_load.py                      # 16 clients, 20 s per setting
     python benchmarks/serve_load.py --clients 4 --duration 5 --max-batch 1 4 --json out.json

@@ -142,7 +142,7 @@ def test_requests_with_other_options_are_not_batched_together(loaded):
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
-LONG_PROMPT = "red circle " * 100  # 208 tokens: within the processor's 256 tokens, but not with the image's 64 positions
+LONG_PROMPT = "red circle " * 100  # 208 tokens: within the processor's 256, but not with the image's 64 positions
 
 BAD_GENERATE = [
     ({"prompt": "x", "guidanse": 2.0}, 422, "guidanse", "Did you mean 'guidance'?"),
