@@ -204,3 +204,26 @@ def test_a_model_without_generation_path(loaded):
         assert response.status_code == 409
         assert "no generation path" in response.json()["detail"] and "/v1/understand" in response.json()["detail"]
         assert c.post("/v1/understand", json={"image": RED, "question": "What shape?"}).status_code == 200
+
+
+def test_the_event_loop_stays_free_while_the_model_works(loaded, monkeypatch):
+    import time
+
+    model = loaded.model
+    original = model.generate_images
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)  # blocks its thread, as a long sampling call does
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_images", slow)
+    with _client(loaded, window=0) as c:
+        worker = threading.Thread(target=lambda: c.post("/v1/generate", json={"prompt": "a red circle"}))
+        worker.start()
+        time.sleep(0.3)  # the sampling call is under way
+        start = time.monotonic()
+        assert c.get("/health").status_code == 200 and c.get("/v1/model").status_code == 200
+        answered = time.monotonic() - start
+        still_sampling = worker.is_alive()
+        worker.join()
+    assert still_sampling and answered < 1.0
