@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,12 +50,14 @@ def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if args.threads:  # torch reads it at start; on a shared CPU one thread avoids OpenMP's spin-waiting
         env["OMP_NUM_THREADS"] = str(args.threads)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: uvicorn's access log would fill it and block the server
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.startup_timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"unimm serve exited with status {server.returncode}: {server.stderr.read()}")
+            log.seek(0)
+            raise SystemExit(f"unimm serve exited with status {server.returncode}: {log.read()[-2000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return server, url
