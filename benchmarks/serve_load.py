@@ -48,7 +48,7 @@ def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
     if args.model:
         command += ["--model", args.model]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if args.threads:  # torch reads it at start; on a shared CPU one thread avoids OpenMP's spin-waiting
+    if args.threads:  # torch reads it at start; one thread was fastest for the small model on a shared CPU
         env["OMP_NUM_THREADS"] = str(args.threads)
     log = tempfile.TemporaryFile(mode="w+")  # not a pipe: uvicorn's access log would fill it and block the server
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
