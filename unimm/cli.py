@@ -6,6 +6,7 @@
     unimm understand [--model M] --batch QUESTIONS.jsonl --out ANSWERS.jsonl
     unimm chat [--model M]                       a conversation on standard input (/image PATH, /reset, /quit)
     unimm generate [--model M] --prompt P [--num-images K] [--out DIR]
+    unimm serve [--model M] [--host H] [--port P] [--max-batch N]   a JSON API (README "Serve an API")
     unimm convert SRC DST [--to unimm|hf]        a model folder -> unimm's format, or transformers' Janus layout
     unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
     unimm bench export ...                       write the synthetic shapes benchmark to disk
@@ -190,6 +191,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
         print("unimm chat: type a message; /image PATH attaches an image, /reset clears, /quit ends",
               file=sys.stderr)
     chat.run(sys.stdin, prompt="> " if interactive else "")
+
+
+# -- serve -----------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.api import check_serve_args, run_server
+
+    check_serve_args(args)  # the flags and the port, before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    run_server(model, processor, cfg, args)
 
 
 # -- eval ------------------------------------------------------------------------------------------------------
@@ -439,6 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-k", type=int)
     chat.add_argument("--top-p", type=float)
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="a JSON API for the model: /v1/understand, /v1/generate (README 'Serve an "
+                           "API')")
+    model_args(serve)  # --seed: the seed of requests that give none
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                       "only; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="most images in one sampling call: concurrent "
+                       "/v1/generate requests are batched up to it (1 = no batching; default 8)")
+    serve.add_argument("--max-images", type=int, default=4, help="most images per request (default 4)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded image file (default 10)")
+    serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)

@@ -217,7 +217,8 @@ class GenerationPath(nn.Module, ABC):
             backbone: the causal LM (:class:`unimm.backbones.base.Backbone`).
             prompt_ids, prompt_mask: (B, L) left-padded prompts ending with :attr:`start_token`.
             pad_id: the tokenizer's pad id, for the unconditional rows of guidance.
-            generator: random source.
+            generator: random source: one for the batch, or a sequence of B, one per row (each row's draws then
+                depend on its generator alone: :func:`unimm.generation.sampling.randn_rows`, ``sample_next``).
             progress: show a progress bar.
             keep_steps: record every step in :attr:`GenerationOutput.steps` (tests, analysis; costs memory).
             **options: values for :attr:`sample_options`.

@@ -36,6 +36,7 @@ from ..devices import module_dtype
 from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
+from .sampling import randn_rows
 from .static_cache import new_cache, supports_static_cache
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 
@@ -273,7 +274,7 @@ class RectifiedFlowPath(GenerationPath):
         dtype = self.encoder_aligner.weight.dtype
         latent_shape = (batch, self.autoencoder.latent_channels, self.latent_size, self.latent_size)
         if noise is None:
-            z = torch.randn(latent_shape, generator=generator, device=device, dtype=dtype).float()
+            z = randn_rows(latent_shape, generator, device=device, dtype=dtype).float()  # the ODE state in float32
         elif tuple(noise.shape) != latent_shape:
             raise InputError(f"noise must have shape {latent_shape}, got {tuple(noise.shape)}")
         else:
