@@ -170,10 +170,11 @@ def test_sample_options_are_declared_with_types_and_ranges():
     from unimm.generation.flow_path import RectifiedFlowPath
     from unimm.generation.vq_path import VQGenerationPath
 
-    assert set(VQGenerationPath.sample_options) == {"guidance", "temperature", "top_k", "top_p"}
+    assert set(VQGenerationPath.sample_options) == {"guidance", "temperature", "top_k", "top_p", "compile"}
     assert set(RectifiedFlowPath.sample_options) == {"guidance", "num_steps"}
     assert VQGenerationPath.check_sample_options({"guidance": 3, "top_k": None}) == {"guidance": 3.0, "top_k": None}
-    for options, message in [({"num_steps": 3}, r"num_steps: .*Its options: guidance, temperature, top_k, top_p"),
+    for options, message in [({"num_steps": 3}, r"num_steps: .*Its options: compile, guidance, temperature, top_k, "
+                                                "top_p"),
                              ({"guidance": -1.0}, r"guidance = -1.0: must be >= 0.0"),
                              ({"top_p": 0.0}, r"top_p = 0.0: must be > 0.0"),
                              ({"top_k": 2.5}, r"top_k: expected int, got float"),

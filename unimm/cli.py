@@ -6,12 +6,14 @@
     unimm understand [--model M] --batch QUESTIONS.jsonl --out ANSWERS.jsonl
     unimm chat [--model M]                       a conversation on standard input (/image PATH, /reset, /quit)
     unimm generate [--model M] --prompt P [--num-images K] [--out DIR]
+    unimm serve [--model M] [--host H] [--port P] [--max-batch N]   a JSON API (README "Serve an API")
     unimm convert SRC DST [--to unimm|hf]        a model folder -> unimm's format, or transformers' Janus layout
     unimm train --config CONFIG [key=value ...]  (see docs/training.md; `accelerate launch -m unimm.cli train ...`)
     unimm bench export ...                       write the synthetic shapes benchmark to disk
     unimm bench evaluate [--model M] DATA        score a model on an exported split
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
     unimm eval geneval --prompts F --out DIR     GenEval's sample folders (evaluation_metadata.jsonl)
+    unimm demo [--model M] [--host H] [--port P] a Gradio page: chat about images, generate (unimm.serving.demo)
 
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
@@ -56,6 +58,7 @@ def _placement(args: argparse.Namespace) -> dict:
 #: Sampling flags of ``generate`` / ``bench evaluate`` -> the generation path's option names.
 SAMPLE_FLAGS = {"--guidance": "guidance", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
                 "--steps": "num_steps"}
+SAMPLE_FLAGS["--compile"] = "compile"  # VQ models: compile the one-token decode step (unimm.generation.decode)
 
 
 def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
@@ -190,6 +193,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
     chat.run(sys.stdin, prompt="> " if interactive else "")
 
 
+# -- serve -----------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.api import check_serve_args, run_server
+
+    check_serve_args(args)  # the flags and the port, before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    run_server(model, processor, cfg, args)
+
+
 # -- eval ------------------------------------------------------------------------------------------------------
 def cmd_eval_geneval(args: argparse.Namespace) -> None:
     from . import __version__
@@ -234,6 +246,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(path)
     if args.grid:
         print(save_grid(images, args.grid, nrow=args.num_images, scale=args.grid_scale))
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .serving.demo import Loaded, check_address, launch
+
+    check_args(args)
+    check_address(args.host, args.port)  # a bad or busy address fails before the model is loaded
+    model, processor, cfg = _load(args.model, args.overrides, args)
+    print(f"unimm demo: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    launch(Loaded(model, processor, cfg), host=args.host, port=args.port, seed=args.seed)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -409,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int, help="VQ models: sample among the k most likely codes")
         p.add_argument("--top-p", type=float, help="VQ models: sample within the top-p probability mass")
         p.add_argument("--steps", dest="num_steps", type=int, help="flow models: number of Euler steps")
+        p.add_argument("--compile", action="store_const", const=True, help="VQ models: compile the one-token "
+                       "decode step (torch.compile, CUDA graphs on CUDA; off by default: no gain measured on CPU)")
 
     und = sub.add_parser("understand", help="answer a question about an image")
     model_args(und)
@@ -438,6 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float)
     chat.set_defaults(func=cmd_chat)
 
+    serve = sub.add_parser("serve", help="a JSON API for the model: /v1/understand, /v1/generate (README 'Serve an "
+                           "API')")
+    model_args(serve)  # --seed: the seed of requests that give none
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                       "only; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="most images in one sampling call: concurrent "
+                       "/v1/generate requests are batched up to it (1 = no batching; default 8)")
+    serve.add_argument("--max-images", type=int, default=4, help="most images per request (default 4)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded image file (default 10)")
+    serve.set_defaults(func=cmd_serve)
+
     gen = sub.add_parser("generate", help="generate images from text")
     model_args(gen)
     gen.add_argument("--prompt", required=True, action="append",
@@ -452,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--progress", action="store_true", help="show a progress bar on stderr while sampling")
     sample_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="a Gradio page to chat about images and generate pictures")
+    model_args(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                      "only; 0.0.0.0: every interface)")
+    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    demo.set_defaults(func=cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a model folder to unimm's format or transformers' Janus layout")
     conv.add_argument("src")

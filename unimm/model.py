@@ -14,6 +14,7 @@ Every slot is an ordinary module that can be used alone; this class only wires t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -157,12 +158,18 @@ class UnifiedModel(nn.Module):
         Returns:
             (B, n_new) generated ids, n_new <= max_new_tokens.
         """
+        from .generation.decode import decode_text
         from .generation.sampling import sample_next
+        from .generation.static_cache import supports_static_cache
 
         device = self.device
         mask = batch["attention_mask"].to(device)
         embeds = self.embed_inputs(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()})
         generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        if supports_static_cache(self.backbone):  # a preallocated cache; finished rows leave the batch
+            return decode_text(self.backbone, embeds, mask, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                               pad_id=pad_id, choose=lambda logits: sample_next(logits, temperature, top_k, top_p,
+                                                                                generator))  # fmt: skip
         positions = positions_from_mask(mask)
         out = self.backbone(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
         cache, next_pos = out.past_key_values, positions[:, -1:] + 1
@@ -196,34 +203,47 @@ class UnifiedModel(nn.Module):
             raise InputError("this model has no generation path (model.generator is empty); it can only understand")
         return self.generator
 
+    def check_prompt_fits(self, prompt_length: int) -> None:
+        """A prompt of ``prompt_length`` tokens and one image fit in the backbone's positions, else InputError."""
+        generator = self._require_generator()
+        limit = self.backbone.max_positions
+        if limit is not None and prompt_length + generator.num_image_tokens > limit:
+            raise InputError(
+                f"the prompt ({prompt_length} tokens) and the image ({generator.num_image_tokens} tokens) exceed "
+                f"the backbone's {limit} positions; shorten the prompt or generate smaller images"
+            )
+
     @torch.no_grad()
     def sample_images(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None,
-        progress: bool = False, keep_steps: bool = False, **options: Any,
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int,
+        seed: int | Sequence[int] | None = None, progress: bool = False, keep_steps: bool = False, **options: Any,
     ) -> GenerationOutput:
         """The generation path's full output for left-padded prompts ending with the generation start token.
 
         ``options`` are the path's declared sampling options (``generator.sample_options``: guidance, temperature,
-        top_k, top_p for VQ; guidance, num_steps for flow), checked before anything runs.
+        top_k, top_p for VQ; guidance, num_steps for flow), checked before anything runs. ``seed`` is one seed for
+        the batch, or one per prompt row: then each row is drawn from its own generator and comes out the same in
+        any batch (the server batches requests this way, :mod:`unimm.serving.batcher`).
 
         Raises:
             InputError: an option the path does not take (naming those it has) or a value out of range.
         """
         generator = self._require_generator()
         options = generator.check_sample_options(options)
-        limit = self.backbone.max_positions
-        if limit is not None and prompt_ids.shape[1] + generator.num_image_tokens > limit:
-            raise InputError(
-                f"the prompt ({prompt_ids.shape[1]} tokens) and the image ({generator.num_image_tokens} tokens) exceed "
-                f"the backbone's {limit} positions; shorten the prompt or generate smaller images"
-            )
+        self.check_prompt_fits(prompt_ids.shape[1])
         device = self.device
-        rng = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        if isinstance(seed, Sequence):
+            if len(seed) != prompt_ids.shape[0]:
+                raise InputError(f"{len(seed)} seeds for {prompt_ids.shape[0]} prompts; give one seed per prompt row")
+            rng = [torch.Generator(device).manual_seed(s) for s in seed]
+        else:
+            rng = torch.Generator(device).manual_seed(seed) if seed is not None else None
         return generator.sample(self.backbone, prompt_ids.to(device), prompt_mask.to(device), pad_id=pad_id,
                                 generator=rng, progress=progress, keep_steps=keep_steps, **options)
 
     def generate_images(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int, seed: int | None = None,
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, pad_id: int,
+        seed: int | Sequence[int] | None = None,
         progress: bool = False, **options: Any,
     ) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1]: :meth:`sample_images` without the latents."""

@@ -164,14 +164,16 @@ def _hf_janus_folder(folder: Path, overrides) -> tuple[DictConfig, dict, int]:
     return cfg, from_hf(load_weights(folder)), num_tokens
 
 
-def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path) -> Path:
+def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` in unimm's format: ``config.yaml``, ``model.safetensors`` and the tokenizer files.
 
     A part loaded from a folder of its own (``path``: a diffusers VAE, a trained VQ tokenizer, a pre-trained
     encoder) is saved with the rest, so the folder no longer depends on that one; its architecture is written into
     the config instead of the path. The same holds for a backbone loaded from a transformers folder
     (``pretrained:``). Each such part says what to write through its contract's ``folded_config()``. A module
-    shared by two parts (tied weights) is written once, under its first name.
+    shared by two parts (tied weights) is written once, under its first name. ``state_dict`` replaces
+    ``model.state_dict()`` for a model whose weights are elsewhere (gathered from FSDP shards).
     """
     from safetensors.torch import save_file
 
@@ -188,7 +190,8 @@ def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, 
     cfg.processor = {**OmegaConf.to_container(cfg.get("processor") or {}), **processor.settings(), "tokenizer": "."}
     processor.tokenizer.save_pretrained(str(folder))
     aliases = tied_aliases(model)  # a shared module is saved once, under its first name
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases}
+    state = state_dict if state_dict is not None else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / "model.safetensors")

@@ -61,7 +61,7 @@ def test_settings_record_the_run_and_reproduce_its_images(run, shipped):
         "benchmark": "geneval", "prompts": str(PROMPTS), "num_prompts": 3, "model": str(DEFAULT_MODEL),
         "overrides": [], "generator": "VQGenerationPath", "image_size": 16, "num_image_tokens": 16,
         "n_samples": 2, "batch_size": 2, "seed": 3,
-        "sample_options": {"guidance": 3.0, "temperature": 1.0, "top_k": None, "top_p": None},
+        "sample_options": {"guidance": 3.0, "temperature": 1.0, "top_k": None, "top_p": None, "compile": False},
         "device": "cpu", "dtype": "torch.float32", "unimm_version": unimm.__version__,
     }
     model, processor, _ = shipped
@@ -100,9 +100,9 @@ def test_the_recipe_wins_over_the_config_and_flags_over_the_recipe(shipped):
     model, _, cfg = shipped
     assert cfg.sample.guidance == 1.0  # the shapes model's own default for `unimm generate`
     recipe = sampling_options(model, {}, {"guidance": 1.0, "temperature": 1.0})
-    assert recipe == {"guidance": 5.0, "temperature": 1.0, "top_k": None, "top_p": None}
+    assert recipe == {"guidance": 5.0, "temperature": 1.0, "top_k": None, "top_p": None, "compile": False}
     given = sampling_options(model, {"guidance": 2.5, "top_k": 8}, {"guidance": 1.0})
-    assert given == {"guidance": 2.5, "temperature": 1.0, "top_k": 8, "top_p": None}
+    assert given == {"guidance": 2.5, "temperature": 1.0, "top_k": 8, "top_p": None, "compile": False}
 
 
 def test_a_flow_model_keeps_its_own_defaults_and_takes_steps(tmp_path):

@@ -5,7 +5,8 @@ library reads only:
 
 * ``in_dim`` / ``out_dim``: the widths, inferred from the neighbouring parts when built from a config;
 * ``input_form``: ``"sequence"`` for one (B, N, in_dim) tensor, ``"pair"`` for the (high, low) pair a pair encoder
-  (DeepSeek-VL's hybrid, ``output_form == "pair"``) gives. The unified model pairs encoders and aligners by it.
+  (DeepSeek-VL's hybrid, ``output_form == "pair"``) gives. The unified model pairs encoders and aligners by it;
+* ``fsdp_units()``: the submodules FSDP shards as one unit each (default: the aligner itself).
 
 Shapes: (..., in_dim) -> (..., out_dim) (a pair aligner: ((B, N, in_dim), (B, N, in_dim)) -> (B, N, out_dim)).
 """
@@ -23,6 +24,10 @@ class Aligner(nn.Module):
     input_form: ClassVar[Literal["sequence", "pair"]] = "sequence"
     in_dim: int
     out_dim: int
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules FSDP shards as one unit each (:mod:`unimm.train.sharding`): the aligner is one."""
+        return [self]
 
 
 __all__ = ["Aligner"]

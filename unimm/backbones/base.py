@@ -20,6 +20,7 @@ member                             meaning
 ``set_grad_checkpointing(on)``     recompute layer activations in the backward pass
 ``folded_config()``                the slot arguments that rebuild it without its pretrained folder (or None)
 ``tokenizer_folder()``             the tokenizer that comes with its weights, when the config names none (or None)
+``fsdp_units()``                   the submodules that are FSDP units (default: the whole backbone as one)
 =================================  ===================================================================================
 
 Positions follow the left-padding convention of the processor: :func:`positions_from_mask` gives 0 at each row's
@@ -116,6 +117,11 @@ class Backbone(nn.Module, ABC):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation checkpointing on or off; a backbone without it ignores the call."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules that FSDP shards as one unit each (:mod:`unimm.train.sharding`): gathered together in the
+        forward pass, freed after. Default: the backbone itself; a layered backbone names its layers."""
+        return [self]
 
 
 __all__ = ["Backbone", "BackboneOutput", "positions_from_mask"]

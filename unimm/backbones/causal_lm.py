@@ -381,6 +381,12 @@ class CausalLMBackbone(Backbone):
         return self.lm.get_output_embeddings()(hidden_states)
 
     # -- training helpers -----------------------------------------------------------------------------------
+    def fsdp_units(self) -> list[nn.Module]:
+        """The decoder layers (the classes transformers lists in ``_no_split_modules``), then the backbone itself
+        (embeddings, final norm, LM head)."""
+        names = set(getattr(self.lm, "_no_split_modules", None) or ())
+        return [m for m in self.lm.modules() if type(m).__name__ in names] + [self]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation checkpointing of the decoder layers on or off."""
         if enable:

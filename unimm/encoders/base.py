@@ -20,6 +20,7 @@ member                      meaning
 ``adapt_checkpoint(s, p)``  fit a checkpoint to this encoder before loading (position embeddings at another size)
 ``folded_config()``         the slot arguments that rebuild it without the folder it was loaded from (or None)
 ``frozen_children``         names of submodules that stay frozen in training unless a stage names them
+``fsdp_units()``            submodules FSDP shards as one unit each (default: the frozen children, then itself)
 ==========================  ==========================================================================================
 
 Subclasses implement ``forward``, ``out_dim`` and ``num_tokens`` and set ``image_size``, ``pixel_mean`` and
@@ -107,6 +108,13 @@ class UnderstandingEncoder(nn.Module, ABC):
         """Slot arguments that rebuild this encoder without the folder it was loaded from (``path`` is dropped by
         the saver), so a saved model is self-contained; None when it was not loaded from a folder."""
         return None
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules that FSDP shards as one unit each (:mod:`unimm.train.sharding`), innermost first. Default:
+        each of :attr:`frozen_children` (so a frozen tokenizer never shares a unit with trained weights), then
+        the encoder itself; a ViT names its blocks too."""
+        children = [getattr(self, name) for name in self.frozen_children]
+        return [m for m in children if isinstance(m, nn.Module)] + [self]
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients to every parameter."""

@@ -194,6 +194,10 @@ class SAMEncoder(UnderstandingEncoder):
         hd = self._resample_and_downsample(self.neck_hd(first_global))
         return main + hd * self.hd_alpha_downsamples
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """Each of timm's ``VisionTransformerSAM`` blocks, then the encoder (embeddings, necks, downsamples)."""
+        return [*self.vit.blocks, self]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim), the map flattened row-major."""
         return self.forward_map(pixel_values).flatten(2).transpose(1, 2)

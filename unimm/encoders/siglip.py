@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..registry import ENCODERS, CheckpointError, ConfigError
 from ..registry.variants import resolve_sizes
@@ -172,6 +173,10 @@ class SigLIPEncoder(UnderstandingEncoder):
         from ..checkpoint.io import save_part
 
         return save_part(self, self.architecture, folder, extra=notes)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Each transformer block (timm's ``Block``), then the encoder (patch embedding, norm, pool)."""
+        return [*self.vit.blocks, self]
 
     def folded_config(self) -> dict | None:
         """:attr:`architecture` when loaded from a folder (``path``), else None."""

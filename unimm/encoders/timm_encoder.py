@@ -203,6 +203,13 @@ class TimmEncoder(UnderstandingEncoder):
         )  # (B, C, h, w), prefix tokens already dropped
         return grid.flatten(2).transpose(1, 2)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The timm model's ``blocks`` (ViTs) when it has them, then the encoder; otherwise the encoder alone."""
+        blocks = getattr(self.model, "blocks", None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+            return [*blocks, self]
+        return super().fsdp_units()
+
     def folded_config(self) -> dict | None:
         """Slot values that rebuild this encoder without its ``pretrained`` source (``unimm.save_pretrained``
         writes the weights themselves into the checkpoint): the resolved size, arguments and normalisation; None

@@ -24,6 +24,7 @@ member                    meaning
                           ``sample:`` config section, the CLI flags and servers may set (:class:`SampleOption`)
 ``uses_und_features``     whether :meth:`loss` wants the understanding encoder's features of the clean images (REPA)
 ``frozen_children``       names of submodules that stay frozen in training unless a stage names them (autoencoders)
+``fsdp_units()``          submodules FSDP shards as one unit each (default: the frozen children, then the path)
 ``sample(...)``           -> :class:`GenerationOutput`
 ``loss(...)``             -> :class:`GenerationLoss`
 ``encode_images/decode_latents``  images <-> the path's latent form (codes, VAE latents)
@@ -148,6 +149,13 @@ class GenerationPath(nn.Module, ABC):
         :class:`~unimm.generation.autoencoder.ImageAutoencoder`), or None for a path without one."""
         return self._modules.get("autoencoder")
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules that FSDP shards as one unit each (:mod:`unimm.train.sharding`), innermost first. Default:
+        each of :attr:`frozen_children` (a frozen autoencoder is its own unit, never mixed with trained weights),
+        then the path itself (whatever is left: embeddings, small projections). Paths add their big parts."""
+        children = [getattr(self, name, None) for name in self.frozen_children]
+        return [m for m in children if isinstance(m, nn.Module)] + [self]
+
     @classmethod
     def check_sample_options(cls, options: Mapping[str, Any], where: str = "") -> dict[str, Any]:
         """Check sampling options against :attr:`sample_options` before anything runs.
@@ -209,7 +217,8 @@ class GenerationPath(nn.Module, ABC):
             backbone: the causal LM (:class:`unimm.backbones.base.Backbone`).
             prompt_ids, prompt_mask: (B, L) left-padded prompts ending with :attr:`start_token`.
             pad_id: the tokenizer's pad id, for the unconditional rows of guidance.
-            generator: random source.
+            generator: random source: one for the batch, or a sequence of B, one per row (each row's draws then
+                depend on its generator alone: :func:`unimm.generation.sampling.randn_rows`, ``sample_next``).
             progress: show a progress bar.
             keep_steps: record every step in :attr:`GenerationOutput.steps` (tests, analysis; costs memory).
             **options: values for :attr:`sample_options`.

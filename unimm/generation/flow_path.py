@@ -36,6 +36,8 @@ from ..devices import module_dtype
 from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
+from .sampling import randn_rows
+from .static_cache import new_cache, supports_static_cache
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 
 #: The networks take time on the 0..1000 scale used in training the released model.
@@ -216,6 +218,10 @@ class RectifiedFlowPath(GenerationPath):
         uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
         return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The VAE (frozen), the ConvNeXt encoder and decoder, then the path (aligners, REPA projector)."""
+        return [self.autoencoder, self.encoder, self.decoder, self]
+
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
@@ -232,6 +238,7 @@ class RectifiedFlowPath(GenerationPath):
         keep_steps: bool = False,
         noise: torch.Tensor | None = None,
         use_prompt_cache: bool = True,
+        static_cache: bool = True,
     ) -> GenerationOutput:
         """Generate one image per prompt by Euler integration of the guided velocity from t=0 to t=1.
 
@@ -249,9 +256,12 @@ class RectifiedFlowPath(GenerationPath):
             noise: (B, C, h, w) initial latent instead of drawing one.
             use_prompt_cache: run the prompt once and reuse its KV cache (default); False recomputes it at every
                 step like the released demo (same result, slower; kept for benchmarks and tests).
+            static_cache: keep the prompt in a preallocated KV cache (:mod:`unimm.generation.static_cache`) when the
+                backbone allows it (default), so a step writes its positions in place instead of copying the
+                prompt's keys and values; False uses transformers' growing cache.
 
         Returns:
-            images (B, 3, H, W) clamped to [-1, 1]; ``latents`` the final ODE state z (B, C, h, w).
+            images (B, 3, H, W) clamped to [-1, 1]; ``latents`` the final ODE state z (B, C, h, w), float32.
         """
         self.check_prompt(prompt_ids, prompt_mask)
         guidance = self.guidance if guidance is None else guidance
@@ -264,11 +274,11 @@ class RectifiedFlowPath(GenerationPath):
         dtype = self.encoder_aligner.weight.dtype
         latent_shape = (batch, self.autoencoder.latent_channels, self.latent_size, self.latent_size)
         if noise is None:
-            z = torch.randn(latent_shape, generator=generator, device=device, dtype=dtype)
+            z = randn_rows(latent_shape, generator, device=device, dtype=dtype).float()  # the ODE state in float32
         elif tuple(noise.shape) != latent_shape:
             raise InputError(f"noise must have shape {latent_shape}, got {tuple(noise.shape)}")
         else:
-            z = noise.to(device=device, dtype=dtype)
+            z = noise.to(device=device, dtype=torch.float32)
 
         ids, mask = self.guidance_prompt(prompt_ids, prompt_mask.long(), pad_id)
         # The begin-of-generation token is dropped; its slot (and position) goes to the time embedding.
@@ -283,8 +293,10 @@ class RectifiedFlowPath(GenerationPath):
 
         cache = None
         if use_prompt_cache:
-            cache = backbone(prefix_embeds, attention_mask=prefix_mask, position_ids=prefix_pos, use_cache=True)
-            cache = cache.past_key_values
+            # the prompt is cached once; each step writes its 1 + N positions after it and crops them off again
+            cache = new_cache(backbone, length + n) if static_cache and supports_static_cache(backbone) else None
+            cache = backbone(prefix_embeds, attention_mask=prefix_mask, position_ids=prefix_pos, past_key_values=cache,
+                             use_cache=True).past_key_values  # fmt: skip
         trace: dict[str, Any] = {"tokens": ids, "attention_mask": attention_mask, "t_emb": [], "v_cond": [],
                                  "v_uncond": []}
         steps = range(num_steps)
@@ -295,7 +307,7 @@ class RectifiedFlowPath(GenerationPath):
         dt = 1.0 / num_steps
         for k in steps:
             t = torch.full((2 * batch,), k * dt, device=device, dtype=dtype)
-            gen_embeds, t_emb, skip = self._generation_embeds(torch.cat([z, z]), t)
+            gen_embeds, t_emb, skip = self._generation_embeds(torch.cat([z, z]).to(dtype), t)
             if cache is not None:
                 hidden = backbone(
                     gen_embeds, attention_mask=attention_mask, position_ids=gen_pos, past_key_values=cache,
@@ -307,8 +319,8 @@ class RectifiedFlowPath(GenerationPath):
                     torch.cat([prefix_embeds, gen_embeds], dim=1), attention_mask=attention_mask,
                     position_ids=torch.cat([prefix_pos, gen_pos], dim=1),
                 ).hidden_states  # fmt: skip
-            v_cond, v_uncond = self._velocity(hidden[:, -n:], skip, t_emb).chunk(2)
-            z = z + dt * (guidance * v_cond - (guidance - 1.0) * v_uncond)
+            v_cond, v_uncond = self._velocity(hidden[:, -n:], skip, t_emb).float().chunk(2)
+            z = z + dt * (guidance * v_cond - (guidance - 1.0) * v_uncond)  # the ODE state and guidance in float32
             if keep_steps:
                 for key, value in (("t_emb", t_emb), ("v_cond", v_cond), ("v_uncond", v_uncond)):
                     trace[key].append(value)

@@ -6,9 +6,15 @@ logits processors so that text and image paths, which run their own loops (class
 two rows before sampling), share one small, tested function with an explicit ``torch.Generator``.
 
 Shapes: logits (B, V) -> ids (B,) long.
+
+A random source is one ``torch.Generator`` for the batch, or a sequence of them, one per row: then each row's
+draws depend only on its own generator, so a row gives the same result in any batch (a server batches requests
+with different seeds; :func:`randn_rows` does the same for noise).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -52,12 +58,13 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Pick one token per row of ``logits`` (B, V); returns (B,) long.
 
     ``temperature`` 0 takes the argmax (and ignores top-k / top-p); otherwise the logits are divided by the
-    temperature, filtered with :func:`filter_logits`, and one token is drawn with ``generator``.
+    temperature, filtered with :func:`filter_logits`, and one token is drawn with ``generator`` (one for the
+    batch, or a sequence of B, one per row).
     """
     _check(temperature, top_k, top_p)
     if logits.ndim != 2:
@@ -66,4 +73,23 @@ def sample_next(
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = logits.softmax(dim=-1)
+    if isinstance(generator, Sequence):
+        _check_rows(generator, probs.shape[0])
+        return torch.cat([torch.multinomial(row[None], 1, generator=g)[0] for row, g in zip(probs, generator)])
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def randn_rows(
+    shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None = None, **kwargs
+) -> torch.Tensor:
+    """``torch.randn(shape, generator=generator, **kwargs)``; with a sequence of generators, row i (of
+    ``shape[0]``) is drawn from generator i alone."""
+    if not isinstance(generator, Sequence):
+        return torch.randn(shape, generator=generator, **kwargs)
+    _check_rows(generator, shape[0])
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, **kwargs) for g in generator])
+
+
+def _check_rows(generators: Sequence[torch.Generator], rows: int) -> None:
+    if len(generators) != rows:
+        raise InputError(f"{len(generators)} random generators for {rows} rows; give one per row")

@@ -28,7 +28,9 @@ from ..devices import module_dtype
 from ..heads.base import ImageHead
 from .autoencoder import DiscreteAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
+from .decode import sample_vq_codes
 from .sampling import sample_next
+from .static_cache import supports_static_cache
 from .vq_tokenizer import convert_janus_vq
 
 
@@ -54,6 +56,8 @@ class VQGenerationPath(GenerationPath):
         "top_k": SampleOption(int, None, min=1, optional=True, help="sample among the k most likely codes"),
         "top_p": SampleOption(float, None, min=0.0, max=1.0, min_exclusive=True, optional=True,
                               help="sample within the top-p probability mass"),
+        "compile": SampleOption(bool, False, help="compile the one-token decode step (torch.compile with fixed "
+                                "shapes; CUDA graphs on CUDA)"),
     }
 
     def __init__(
@@ -149,6 +153,8 @@ class VQGenerationPath(GenerationPath):
         generator: torch.Generator | None = None,
         progress: bool = False,
         keep_steps: bool = False,
+        compile: bool = False,
+        static_cache: bool = True,
     ) -> GenerationOutput:
         """Generate one image per prompt row with classifier-free guidance and a KV cache.
 
@@ -162,6 +168,9 @@ class VQGenerationPath(GenerationPath):
             generator: random source for sampling.
             progress: show a progress bar over the image tokens.
             keep_steps: also keep every step's guided logits, as ``steps["logits"]`` (B, N, codebook_size).
+            compile: compile the one-token step (:func:`unimm.generation.decode.sample_vq_codes`).
+            static_cache: decode on a preallocated KV cache (:mod:`unimm.generation.static_cache`) when the
+                backbone allows it (default); False keeps the growing transformers cache (tests, benchmarks).
 
         Returns:
             images (B, 3, H, W) in [-1, 1] and ``latents`` the codes (B, N).
@@ -174,6 +183,13 @@ class VQGenerationPath(GenerationPath):
         uncond_ids = self.unconditional_ids(prompt_ids, mask, pad_id)
         ids = torch.stack([prompt_ids, uncond_ids], dim=1).flatten(0, 1)
         mask = mask.repeat_interleave(2, dim=0)
+        if static_cache and supports_static_cache(backbone):
+            codes, kept = sample_vq_codes(
+                self, backbone, ids, mask, guidance=guidance, keep_steps=keep_steps, compile=compile,
+                progress=progress, choose=lambda logits: sample_next(logits, temperature, top_k, top_p, generator),
+            )  # fmt: skip
+            images = self.autoencoder.decode_codes(codes, (self.grid_size, self.grid_size))
+            return GenerationOutput(images, codes, {"logits": kept} if keep_steps else {})
         full_mask = torch.cat([mask, mask.new_ones(2 * batch, steps - 1)], dim=1)
         positions = positions_from_mask(mask)
         next_position = mask.sum(dim=-1, keepdim=True)  # (2B, 1) position of the first image token

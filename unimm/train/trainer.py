@@ -40,6 +40,8 @@ from .freeze import apply_stage, frozen_parts_to_eval
 from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .optim import build_optimizer, build_scheduler
 from .schema import check_train_section
+from .sharding import (check_one_stage_per_launch, configure_accelerate_deepspeed, configure_accelerate_fsdp,
+                       register_forward_methods, sharding_engine)
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,9 @@ class Trainer:
         if s["lora"] is not None:
             from .lora import add_adapters
 
+            if self._params_sharded():  # the adapters are saved from the unsharded model
+                raise ConfigError("train.lora: not supported under FSDP or DeepSpeed ZeRO-3 yet; train LoRA on one "
+                                  "process or with DDP / ZeRO-2 (docs/training.md: a 7B model's LoRA step fits 24 GB)")
             add_adapters(self.model, s["lora"])
         set_seed(int(s["seed"]), device_specific=True)  # different noise and dropout per process
         self.model.to(self.accelerator.device)
@@ -252,6 +257,9 @@ class Trainer:
         spec = self.settings["samples"]
         if not self.is_main or not (spec["captions"] or spec["questions"]):
             return
+        if self._params_sharded():  # the main process alone cannot gather sharded weights
+            logger.warning("samples at %s skipped: parameters are sharded (FSDP / ZeRO-3)", tag)
+            return
         from ..encoders.transforms import load_image
 
         folder = self.output_dir / "samples" / tag
@@ -304,7 +312,16 @@ class Trainer:
         self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
         optimizer = build_optimizer(self.model, stage)
         scheduler = build_scheduler(optimizer, stage)
+        engine = sharding_engine(acc)
+        if engine == "fsdp":  # the wrapping the parts declare (unimm/train/sharding.py), FSDP2
+            configure_accelerate_fsdp(acc.state.fsdp_plugin, self.model)
+        elif engine == "deepspeed":
+            configure_accelerate_deepspeed(acc.state.deepspeed_plugin, int(s["batch_size"]), int(s["grad_accum"]),
+                                           acc.num_processes)
         wrapped, optimizer = acc.prepare(TaskLossModule(self.model), optimizer)
+        if engine == "fsdp":
+            register_forward_methods(self.model)
+        self._wrapped = wrapped
         loader = MixtureLoader(
             self.streams, TaskSampler(stage["mixture"], seed=int(s["seed"]) + index), self.processor,
             batch_size=int(s["batch_size"]), generation_image_size=self._generation_image_size(),
@@ -417,6 +434,10 @@ class Trainer:
         s = self.settings
         resume = resolve_resume(s["resume"], self.output_dir / "checkpoints")
         state = read_trainer_state(resume) if resume is not None else None
+        check_one_stage_per_launch(sharding_engine(self.accelerator), [
+            stage["name"] for index, stage in enumerate(s["stages"])
+            if (not s["only_stages"] or stage["name"] in s["only_stages"])
+            and (state is None or index >= int(state["stage_index"]))])
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
@@ -434,15 +455,17 @@ class Trainer:
                 raise TrainingInterrupted(latest, self.global_step, self.is_main)
         self.accelerator.wait_for_everyone()
         final = self.output_dir / "final"
+        gathered = self._gathered_state_dict()  # every process takes part when the weights are sharded
         if self.is_main:
-            self.save_final(final)
+            self.save_final(final, gathered)
         self.accelerator.wait_for_everyone()
         if self._metrics_file is not None:
             self._metrics_file.close()
         return final
 
-    def save_final(self, folder: Path) -> None:
-        """The trained model in unimm's format (``config.yaml``, ``model.safetensors``, tokenizer)."""
+    def save_final(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The trained model in unimm's format (``config.yaml``, ``model.safetensors``, tokenizer); ``state_dict``:
+        the gathered weights when they are sharded."""
         from ..pretrained import save_pretrained
 
         if self.settings["lora"] is not None:  # the adapters and the base folder, not the full weights
@@ -452,7 +475,25 @@ class Trainer:
             stages = [st for st in self.settings["stages"] if not only or st["name"] in only]
             save_adapters(self.model, folder, self.settings["init_from"], fully_trained(self.model, stages))
             return
-        save_pretrained(self.model, self.processor, self.cfg, folder)
+        save_pretrained(self.model, self.processor, self.cfg, folder, state_dict=state_dict)
+
+    # -- sharded engines (see unimm/train/sharding.py) ----------------------------------------------------------
+    def _params_sharded(self) -> bool:
+        engine = sharding_engine(self.accelerator)
+        plugin = self.accelerator.state.deepspeed_plugin if engine == "deepspeed" else None
+        return engine == "fsdp" or (plugin is not None and int(plugin.zero_stage) == 3)
+
+    def _gathered_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on the main process when they are sharded (None when they are not)."""
+        if not self._params_sharded() or getattr(self, "_wrapped", None) is None:
+            return None
+        if sharding_engine(self.accelerator) == "fsdp":
+            from .sharding import full_state_dict
+
+            state = full_state_dict(self._wrapped)
+        else:
+            state = self.accelerator.get_state_dict(self._wrapped)  # ZeRO-3: gathered on the main process
+        return {k.removeprefix("model."): v for k, v in (state or {}).items()}  # keys of the TaskLossModule
 
 
 def train_main(
