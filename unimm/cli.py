@@ -272,6 +272,19 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(save_pretrained(model, processor, cfg, args.dst))
 
 
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    """A LoRA folder (adapters + base path, from a ``train.lora`` run) -> a plain unimm model folder."""
+    from .pretrained import save_pretrained
+    from .registry import InputError
+    from .train.lora import ADAPTER_CONFIG, merge_adapters
+
+    if not (Path(args.src) / ADAPTER_CONFIG).is_file():
+        raise InputError(f"{args.src} is not a LoRA folder (no {ADAPTER_CONFIG}); give the final/ folder of a run "
+                         "with train.lora")
+    model, processor, cfg = _load(args.src, [], args)
+    print(save_pretrained(merge_adapters(model), processor, cfg, args.dst))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train_main
@@ -493,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     import_args(conv)
     conv.set_defaults(func=cmd_convert)
+
+    merge = sub.add_parser("merge-lora", help="fold a LoRA run's adapters into its base model: a plain model folder")
+    merge.add_argument("src", help="the LoRA folder (a train.lora run's final/)")
+    merge.add_argument("dst")
+    merge.set_defaults(func=cmd_merge_lora)  # loads and writes on the CPU in float32, as convert does
 
     train = sub.add_parser("train", help="train a config (see docs/training.md)")
     train.add_argument("--config", required=True)

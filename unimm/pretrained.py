@@ -73,7 +73,8 @@ def load_pretrained(
     dtype: str | torch.dtype = "auto", lean: bool = True,
 ) -> Pretrained:
     """Load a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or unimm's)
-    with its processor.
+    with its processor. A folder of LoRA adapters (``adapter_config.json``, written by a ``train.lora`` run) loads
+    its base model folder and applies the adapters (:mod:`unimm.train.lora`).
 
     The model is built as a skeleton (:mod:`unimm.checkpoint.skeleton`: parameters on the meta device, buffers
     real, parts with folders of their own loaded from them) and the checkpoint's memory-mapped tensors become its
@@ -102,6 +103,10 @@ def load_pretrained(
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
+    if (folder / "adapter_config.json").is_file():  # LoRA adapters saved by a train.lora run: base + adapters
+        from .train.lora import load_adapted
+
+        return load_adapted(folder, overrides=overrides, device=device, dtype=dtype, lean=lean)
     num_tokens = None  # image tokens the folder's own processor writes (transformers' layout)
     if (folder / "config.yaml").is_file():
         cfg = load_config(folder / "config.yaml", overrides)

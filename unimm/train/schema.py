@@ -103,6 +103,17 @@ SOURCE_SCHEMA: dict[str, Rule] = {
     "shuffle": BOOL,
 }
 
+#: ``train.lora`` (unimm/train/lora.py): peft LoRA adapters on named parts; ``parts`` is required.
+LORA_SCHEMA: dict[str, Rule] = {
+    "parts": Rule(lambda v: TEXT_LIST.accepts(v) and len(v) > 0, "a non-empty list of part paths, e.g. [backbone]"),
+    "r": integer(1),
+    "alpha": number(0, low_open=True),
+    "dropout": number(0, 1),
+    "base_dtype": one_of("float32", "bfloat16"),
+    "target_modules": Rule(lambda v: v is None or TEXT_LIST.accepts(v) or (isinstance(v, Mapping) and all(
+        TEXT_LIST.accepts(x) for x in v.values())), "a list of module names, {part: [names]}, or null"),
+}
+
 TRAIN_SCHEMA: dict[str, Any] = {
     "output_dir": TEXT,
     "seed": integer(0),
@@ -113,6 +124,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "grad_accum": integer(1),
     "max_grad_norm": optional(number(0)),
     "grad_checkpointing": BOOL,
+    "lora": LORA_SCHEMA,
     "log_every": integer(1),
     "save_every": optional(integer(0)),
     "keep_last": integer(0),
@@ -170,6 +182,15 @@ def check_train_section(train: Mapping[str, Any]) -> None:
         for key in STAGE_REQUIRED:
             if key not in stage:
                 raise ConfigError(f"{where}: missing '{key}'")
+    if train.get("lora") is not None:
+        if "parts" not in train["lora"]:
+            raise ConfigError("train.lora: missing 'parts'; name the parts to adapt, e.g. parts: [backbone]")
+        if not train.get("init_from"):
+            raise ConfigError("train.lora: needs train.init_from, the base model folder that the saved adapters "
+                              "apply to")
+        if train["lora"].get("base_dtype") == "bfloat16" and train.get("mixed_precision") != "bf16":
+            raise ConfigError("train.lora.base_dtype = bfloat16 needs train.mixed_precision: bf16 (the bfloat16 base "
+                              "and the float32 adapters meet under autocast)")
     samples = train.get("samples") or {}
     for i, item in enumerate(samples.get("questions") or []):
         where = f"train.samples.questions[{i}]"

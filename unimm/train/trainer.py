@@ -55,6 +55,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_accum": 1,
     "max_grad_norm": 1.0,  # 0 or null: no clipping
     "grad_checkpointing": False,
+    "lora": None,  # {parts, r, alpha, dropout, target_modules}: peft LoRA adapters (unimm/train/lora.py)
     "log_every": 10,
     "save_every": 1000,  # 0: only at the end of each stage
     "keep_last": 2,
@@ -181,6 +182,13 @@ class Trainer:
 
             processor = build_processor(self.cfg, model)
         self.model, self.processor = model, processor
+        if s["lora"] is not None:
+            from .lora import add_adapters
+
+            if self._params_sharded():  # the adapters are saved from the unsharded model
+                raise ConfigError("train.lora: not supported under FSDP or DeepSpeed ZeRO-3 yet; train LoRA on one "
+                                  "process or with DDP / ZeRO-2 (docs/training.md: a 7B model's LoRA step fits 24 GB)")
+            add_adapters(self.model, s["lora"])
         set_seed(int(s["seed"]), device_specific=True)  # different noise and dropout per process
         self.model.to(self.accelerator.device)
         self.streams = build_streams(
@@ -197,9 +205,11 @@ class Trainer:
         if init_from:
             from ..pretrained import load_pretrained
 
-            loaded = load_pretrained(init_from, device="cpu", dtype="float32")  # accelerate places the model
+            # accelerate places the model; a LoRA run may keep its frozen base in bfloat16 (train.lora.base_dtype)
+            dtype = (self.settings["lora"] or {}).get("base_dtype", "float32")
+            loaded = load_pretrained(init_from, device="cpu", dtype=dtype)
             self.cfg = finetune_config(self.cfg, loaded.config, init_from)
-            return loaded.model.float(), processor or loaded.processor
+            return loaded.model.float() if dtype == "float32" else loaded.model, processor or loaded.processor
         from ..build import build_model, build_processor
 
         model = build_model(self.cfg)
@@ -293,7 +303,12 @@ class Trainer:
         """Train one stage (from a checkpoint of it if given). Returns False when ``stop_after`` ended the launch."""
         s, acc = self.settings, self.accelerator
         acc.free_memory()  # forget the previous stage's wrapped model and optimiser
-        trainable = apply_stage(self.model, stage)
+        if s["lora"] is not None:
+            from .lora import apply_lora_stage  # the adapters, plus what the stage names
+
+            trainable = apply_lora_stage(self.model, stage)
+        else:
+            trainable = apply_stage(self.model, stage)
         self.model.backbone.set_grad_checkpointing(bool(s["grad_checkpointing"]))
         optimizer = build_optimizer(self.model, stage)
         scheduler = build_scheduler(optimizer, stage)
@@ -453,6 +468,13 @@ class Trainer:
         the gathered weights when they are sharded."""
         from ..pretrained import save_pretrained
 
+        if self.settings["lora"] is not None:  # the adapters and the base folder, not the full weights
+            from .lora import fully_trained, save_adapters
+
+            only = self.settings["only_stages"]
+            stages = [st for st in self.settings["stages"] if not only or st["name"] in only]
+            save_adapters(self.model, folder, self.settings["init_from"], fully_trained(self.model, stages))
+            return
         save_pretrained(self.model, self.processor, self.cfg, folder, state_dict=state_dict)
 
     # -- sharded engines (see unimm/train/sharding.py) ----------------------------------------------------------
