@@ -14,14 +14,16 @@
     unimm reproduce [--out DIR] ...              Janus vs JanusFlow on the shapes benchmark (docs/reproduce.md)
     unimm eval geneval --prompts F --out DIR     GenEval's sample folders (evaluation_metadata.jsonl)
     unimm demo [--model M] [--host H] [--port P] a Gradio page: chat about images, generate (unimm.serving.demo)
+    unimm merge-lora SRC DST                     a LoRA fine-tune's adapters folded into a plain model folder
 
 ``--import MODULE`` (repeatable) on the commands that build or load a model imports a module of yours first, so
 the parts it registers can be named in a config (:mod:`unimm.registry.plugins`).
 
-``--device`` / ``--dtype`` on the commands that run a model (understand, generate, bench evaluate) say where and
-in what precision (:mod:`unimm.devices`; default ``auto``).
+``--device`` / ``--dtype`` on the commands that run a model (understand, chat, generate, serve, demo, bench
+evaluate, eval geneval) say where and in what precision (:mod:`unimm.devices`; default ``auto``).
 
-``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, or one saved by unimm); without it
+``--model`` is a model folder (released Janus / Janus-Pro / JanusFlow layout, transformers' Janus layout, or one
+saved by unimm); without it
 the small shapes model shipped in the package is used (:data:`unimm.pretrained.DEFAULT_MODEL`).
 """
 

@@ -37,7 +37,6 @@ from ..registry.registry import build_child
 from .autoencoder import ImageAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
 from .sampling import randn_rows
-from .static_cache import new_cache, supports_static_cache
 from .uvit import ShallowUViTDecoder, ShallowUViTEncoder
 
 #: The networks take time on the 0..1000 scale used in training the released model.
@@ -294,6 +293,8 @@ class RectifiedFlowPath(GenerationPath):
         cache = None
         if use_prompt_cache:
             # the prompt is cached once; each step writes its 1 + N positions after it and crops them off again
+            from .static_cache import new_cache, supports_static_cache  # transformers' Cache, needed only here
+
             cache = new_cache(backbone, length + n) if static_cache and supports_static_cache(backbone) else None
             cache = backbone(prefix_embeds, attention_mask=prefix_mask, position_ids=prefix_pos, past_key_values=cache,
                              use_cache=True).past_key_values  # fmt: skip

@@ -28,9 +28,7 @@ from ..devices import module_dtype
 from ..heads.base import ImageHead
 from .autoencoder import DiscreteAutoencoder
 from .base import GenerationLoss, GenerationOutput, GenerationPath, SampleOption
-from .decode import sample_vq_codes
 from .sampling import sample_next
-from .static_cache import supports_static_cache
 from .vq_tokenizer import convert_janus_vq
 
 
@@ -183,6 +181,10 @@ class VQGenerationPath(GenerationPath):
         uncond_ids = self.unconditional_ids(prompt_ids, mask, pad_id)
         ids = torch.stack([prompt_ids, uncond_ids], dim=1).flatten(0, 1)
         mask = mask.repeat_interleave(2, dim=0)
+        # Imported here: the preallocated cache builds on transformers' Cache, which importing the part does not need.
+        from .decode import sample_vq_codes
+        from .static_cache import supports_static_cache
+
         if static_cache and supports_static_cache(backbone):
             codes, kept = sample_vq_codes(
                 self, backbone, ids, mask, guidance=guidance, keep_steps=keep_steps, compile=compile,
