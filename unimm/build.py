@@ -89,7 +89,8 @@ def _check_pairing(encoder, aligner) -> None:
         fix = "hybrid_split_mlp_gelu" if encoder.output_form == "pair" else "mlp_gelu"
         raise ConfigError(
             f"model.und_aligner: the {type(encoder).__name__} gives a {encoder.output_form} of token sequences but "
-            f"the {type(aligner).__name__} reads a {aligner.input_form}; e.g. model.und_aligner=@parts/und_aligner/{fix}"
+            f"the {type(aligner).__name__} reads a {aligner.input_form}; "
+            f"e.g. model.und_aligner=@parts/und_aligner/{fix}"
         )
 
 

@@ -121,7 +121,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{item}': '{key}' is not a dotted key (e.g. model.backbone.num_hidden_layers=4)")
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key "
+                              "(e.g. model.backbone.num_hidden_layers=4)")
         if raw.startswith("@"):
             value = OmegaConf.to_container(_read_yaml(find_config(raw[1:])), resolve=True)
             OmegaConf.update(cfg, key, value, merge=False)
@@ -129,7 +130,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
         try:
             value = OmegaConf.from_dotlist([f"x={raw}"]).x
         except Exception as err:  # YAML syntax errors in the value, e.g. an unclosed list
-            raise ConfigError(f"override '{item}': cannot parse the value {raw!r} ({str(err).splitlines()[0]})") from err
+            first_line = str(err).splitlines()[0]
+            raise ConfigError(f"override '{item}': cannot parse the value {raw!r} ({first_line})") from err
         if key.endswith(".type"):
             slot = key[: -len(".type")]
             current = OmegaConf.select(cfg, slot)

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..registry import CheckpointError, ConfigError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:

@@ -135,7 +135,8 @@ class TimmEncoder(UnderstandingEncoder):
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
 
         data_cfg = timm.data.resolve_data_config({}, model=self.model)
-        self.pixel_mean = _channels(pixel_mean, "pixel_mean", where) if pixel_mean is not None else tuple(data_cfg["mean"])
+        self.pixel_mean = (_channels(pixel_mean, "pixel_mean", where) if pixel_mean is not None
+                           else tuple(data_cfg["mean"]))
         self.pixel_std = _channels(pixel_std, "pixel_std", where) if pixel_std is not None else tuple(data_cfg["std"])
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"{where}.pixel_std must be positive, got {list(self.pixel_std)}")
