@@ -214,7 +214,8 @@ def verdict(claim: Claim, scores_a: Scores, scores_b: Scores, level: float = 0.9
 
     ``greater`` / ``less``: the difference's interval entirely on the expected side of 0 -> "reproduced", entirely
     on the other side -> "contradicted", containing 0 -> "inconclusive". ``on_par``: the interval inside
-    [-margin, +margin] -> "reproduced", entirely outside it -> "contradicted", else "inconclusive".
+    [-margin, +margin] -> "reproduced", entirely outside it -> "contradicted", else "inconclusive" (with
+    ``level=0.90`` the equivalence rule is the usual 5% two one-sided tests; at 0.95 it is stricter).
     """
     interval, test = difference_interval(scores_a, scores_b, level)
     low, high = interval.low, interval.high
