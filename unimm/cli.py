@@ -66,8 +66,6 @@ SAMPLE_FLAGS["--compile"] = "compile"  # VQ models: compile the one-token decode
 def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
     """The model config's ``sample`` defaults, then the flags given, each checked against the generation path's
     declared options (a flag the path does not take fails naming the flags it has)."""
-    from omegaconf import OmegaConf
-
     from .registry import InputError
 
     path = model.generator
@@ -76,9 +74,7 @@ def _sample_options(model, cfg, args: argparse.Namespace) -> dict:
         if given:
             raise InputError(f"{', '.join(given)}: this model has no generation path, so it takes no sampling options")
         return {}
-    defaults = cfg.get("sample")
-    options = path.check_sample_options(OmegaConf.to_container(defaults, resolve=True) if defaults else {},
-                                        where="sample.")
+    options = path.configured_sample_options(cfg.get("sample"))
     accepted = [flag for flag, name in SAMPLE_FLAGS.items() if name in path.sample_options]
     for flag, value in given.items():
         name = SAMPLE_FLAGS[flag]

@@ -184,6 +184,18 @@ class GenerationPath(nn.Module, ABC):
             checked[name] = cls.sample_options[name].check(name, value, where)
         return checked
 
+    @classmethod
+    def configured_sample_options(cls, section: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A model config's ``sample:`` section (or None), checked as :meth:`check_sample_options` does under
+        ``sample.``: the defaults every sampler (``unimm generate``, the server, the demo) starts from."""
+        from omegaconf import OmegaConf
+
+        if section is None:
+            return {}
+        if OmegaConf.is_config(section):
+            section = OmegaConf.to_container(section, resolve=True)
+        return cls.check_sample_options(section, where="sample.")
+
     def check_prompt(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None) -> None:
         """Prompts are ids (B, L) or embeddings (B, L, D) with a (B, L) mask, L >= 2, left padded (every row ends
         with :attr:`start_token`); anything else is an :class:`InputError` that says so."""

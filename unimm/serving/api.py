@@ -91,7 +91,7 @@ def create_app(model, processor, cfg=None, *, name: str | None = None, max_batch
     prep = ThreadPoolExecutor(1, thread_name_prefix="unimm-prep")  # tokenizer and image transforms
     worker = ThreadPoolExecutor(1, thread_name_prefix="unimm-model")  # every model call
     path = model.generator
-    defaults = _config_defaults(path, cfg)
+    defaults = path.configured_sample_options(cfg.get("sample")) if path is not None and cfg is not None else {}
     batcher = Batcher(lambda key, rows: _generate_rows(model, processor.pad_id, dict(key), rows), worker,
                       max_batch=max_batch, window=window)
     info = {**describe(model, processor, cfg, name=name),
@@ -252,15 +252,6 @@ def _prompt_ids(model, processor, prompt: str) -> list[int]:
     except InputError as err:
         raise FieldError("prompt", str(err)) from None
     return ids[0].tolist()
-
-
-def _config_defaults(path, cfg) -> dict[str, Any]:
-    """The model config's ``sample:`` values, checked like any request's options."""
-    if path is None or cfg is None or cfg.get("sample") is None:
-        return {}
-    from omegaconf import OmegaConf
-
-    return path.check_sample_options(OmegaConf.to_container(cfg.sample, resolve=True), where="sample.")
 
 
 def _check_options(path, given: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ Two tabs over one loaded model (:class:`Loaded`):
 * **Generate** (only for models with a generation path): a prompt, the number of images, one field per sampling
   option the path declares (``model.generator.sample_options``: guidance, temperature, top-k, top-p for VQ;
   guidance and steps for flow), starting where ``unimm generate`` starts with no flags (the config's ``sample:``
-  section, :func:`unimm.cli._sample_options`, else the path's own values; 0 turns top-k / top-p off); the images
+  section, ``GenerationPath.configured_sample_options``, else the path's own values; 0 turns top-k / top-p off); the images
   (B, 3, H, W) in [-1, 1] from ``model.generate_images`` go to a gallery as PNGs of the path's ``image_size``.
 
 The handlers are plain functions of this module (:func:`chat_turn`, :func:`generate`), so tests call them without a
@@ -21,7 +21,6 @@ shared and a CPU gains nothing from running two samplings at once.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 from dataclasses import dataclass
@@ -137,16 +136,14 @@ def clear_chat() -> tuple[list, list, None]:
 # -- generate --------------------------------------------------------------------------------------------------
 def default_sample_options(loaded: Loaded) -> dict[str, Any]:
     """Each declared option's starting value: the config's ``sample:`` section over the path's own default, the
-    values ``unimm generate`` uses when no flag is given (:func:`unimm.cli._sample_options`).
+    values ``unimm generate`` uses when no flag is given (``GenerationPath.configured_sample_options``).
 
     A required option declared without a default (a flow path's ``guidance`` and ``num_steps``: "default: the
     path's guidance") starts at the path's attribute of that name, which is what sampling then uses: a page field
     must show a number, as a browser cannot send an empty one.
     """
-    from ..cli import SAMPLE_FLAGS, _sample_options
-
     path = loaded.model.generator
-    given = _sample_options(loaded.model, loaded.cfg, argparse.Namespace(**dict.fromkeys(SAMPLE_FLAGS.values())))
+    given = path.configured_sample_options(loaded.cfg.get("sample"))
     starts = {}
     for name, option in path.sample_options.items():
         value = given.get(name, option.default)
