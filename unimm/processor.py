@@ -35,6 +35,17 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 IGNORE_INDEX = -100
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> left-padded ``ids`` (B, L) and ``mask`` (B, L), L the longest row (generation prompts)."""
+    length = max(len(ids) for ids in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, length - len(row):] = 1
+    return ids, mask
+
+
 def load_tokenizer(path: str | Path):
     """Load the tokenizer files in ``path`` (or a bundled tokenizer name, e.g. ``tiny``) with transformers.
 
@@ -338,13 +349,7 @@ class Processor:
         encoded = [self.tokenizer(self.generation_prompt_text(c))["input_ids"] for c in captions]
         for ids in encoded:
             self._check_length(len(ids), "the prompt")
-        length = max(len(ids) for ids in encoded)
-        prompt_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros_like(prompt_ids)
-        for i, ids in enumerate(encoded):
-            prompt_ids[i, -len(ids):] = torch.tensor(ids)
-            prompt_mask[i, -len(ids):] = 1
-        return prompt_ids, prompt_mask
+        return left_pad(encoded, self.pad_id)
 
     def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
         """Token ids -> text, without special tokens, cut at the first end-of-sentence."""

@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -270,16 +269,12 @@ def _generate_rows(model, pad_id: int, options: dict, rows: list[tuple[list[int]
     """One sampling call for rows of (prompt ids, seed) -> base64 PNGs, on the model thread.
 
     The prompts are left-padded here from their ids (the tokenizer stays on the prep thread), as
-    ``Processor.generation_prompts`` pads them.
+    ``Processor.generation_prompts`` pads them (:func:`unimm.processor.left_pad`).
     """
     from ..images import to_pil
+    from ..processor import left_pad
 
-    length = max(len(ids) for ids, _ in rows)
-    prompt_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros_like(prompt_ids)
-    for i, (ids, _) in enumerate(rows):
-        prompt_ids[i, length - len(ids):] = torch.tensor(ids)
-        prompt_mask[i, length - len(ids):] = 1
+    prompt_ids, prompt_mask = left_pad([ids for ids, _ in rows], pad_id)
     images = model.generate_images(prompt_ids, prompt_mask, pad_id=pad_id, seed=[s for _, s in rows], **options)
     encoded = []
     for image in to_pil(images):
