@@ -92,13 +92,8 @@ def sampling_options(model, given: dict[str, Any], defaults: dict[str, Any]) -> 
                          "images, so give a model that generates")
     recipe = VQ_RECIPE if isinstance(path, VQGenerationPath) else {}
     chosen = {**defaults, **{k: v for k, v in recipe.items() if k in path.sample_options}, **given}
-    options = {}
-    for name, option in path.sample_options.items():
-        if name in chosen:
-            options[name] = chosen[name]
-        else:  # not set anywhere: the option's declared default, else the path's own attribute (flow: num_steps)
-            options[name] = option.default if option.default is not None else getattr(path, name, None)
-    return path.check_sample_options(options)
+    # not set anywhere: the path's own default (the declared one; a flow path's guidance and num_steps)
+    return path.check_sample_options({**path.default_sample_options(), **chosen})
 
 
 def _chunk_seed(seed: int, prompt: int, chunk: int) -> int:

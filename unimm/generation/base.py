@@ -184,6 +184,11 @@ class GenerationPath(nn.Module, ABC):
             checked[name] = cls.sample_options[name].check(name, value, where)
         return checked
 
+    def default_sample_options(self) -> dict[str, Any]:
+        """Each declared option's value when nothing sets it: its declared default. A path whose defaults are its
+        own settings (the flow path's ``guidance`` and ``num_steps``) overrides this."""
+        return {name: option.default for name, option in self.sample_options.items()}
+
     @classmethod
     def configured_sample_options(cls, section: Mapping[str, Any] | None) -> dict[str, Any]:
         """A model config's ``sample:`` section (or None), checked as :meth:`check_sample_options` does under

@@ -217,6 +217,10 @@ class RectifiedFlowPath(GenerationPath):
         uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
         return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
 
+    def default_sample_options(self) -> dict[str, Any]:
+        """Guidance and steps default to this path's own settings (its config's ``guidance`` / ``num_steps``)."""
+        return {**super().default_sample_options(), "guidance": self.guidance, "num_steps": self.num_steps}
+
     def fsdp_units(self) -> list[nn.Module]:
         """The VAE (frozen), the ConvNeXt encoder and decoder, then the path (aligners, REPA projector)."""
         return [self.autoencoder, self.encoder, self.decoder, self]

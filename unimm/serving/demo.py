@@ -138,19 +138,12 @@ def default_sample_options(loaded: Loaded) -> dict[str, Any]:
     """Each declared option's starting value: the config's ``sample:`` section over the path's own default, the
     values ``unimm generate`` uses when no flag is given (``GenerationPath.configured_sample_options``).
 
-    A required option declared without a default (a flow path's ``guidance`` and ``num_steps``: "default: the
-    path's guidance") starts at the path's attribute of that name, which is what sampling then uses: a page field
-    must show a number, as a browser cannot send an empty one.
+    A flow path's ``guidance`` and ``num_steps`` start at the path's own settings
+    (``GenerationPath.default_sample_options``), which is what sampling then uses: a page field must show a number,
+    as a browser cannot send an empty one.
     """
     path = loaded.model.generator
-    given = path.configured_sample_options(loaded.cfg.get("sample"))
-    starts = {}
-    for name, option in path.sample_options.items():
-        value = given.get(name, option.default)
-        if value is None and not option.optional:
-            value = getattr(path, name, None)
-        starts[name] = value
-    return starts
+    return {**path.default_sample_options(), **path.configured_sample_options(loaded.cfg.get("sample"))}
 
 
 @shown_in_page
