@@ -89,6 +89,10 @@ def load_specs(folder: str | Path) -> list[tuple[Path, Spec, Scene]]:
     ]
 
 
+#: Splits :func:`export_split` writes: the benchmark's own, and the drawn-elsewhere test set (:mod:`.elsewhere`).
+EXPORT_SPLITS = (*SPLIT_BUCKETS, "elsewhere")
+
+
 def export_split(
     out: str | Path,
     split: str,
@@ -97,22 +101,35 @@ def export_split(
     config: ShapesConfig | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Generate split ``split`` (``n`` samples, ``seed``) and write it to ``out``."""
+    """Generate split ``split`` (``n`` samples, ``seed``; ``"elsewhere"``: the test scenes drawn by another method)
+    and write it to ``out``. ``info.json`` records the split, seed, config (with its variations) and, for
+    ``elsewhere``, the drawing method."""
     cfg = config or ShapesConfig()
-    samples = make_split(split, n, seed, cfg)
     info = {"split": split, "seed": seed, "config": cfg.to_dict()}
+    if split == "elsewhere":
+        from .elsewhere import METHOD, make_elsewhere
+
+        samples = make_elsewhere(n, seed, cfg)
+        info["method"] = METHOD
+    elif split in SPLIT_BUCKETS:
+        samples = make_split(split, n, seed, cfg)
+    else:
+        raise ConfigError(f"unknown split {split!r}; choose from {', '.join(EXPORT_SPLITS)}")
     return export_samples(samples, out, info=info, overwrite=overwrite)
 
 
 def build_parser(prog: str = "unimm bench export") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Write a synthetic-shapes split (images + manifests).")
     p.add_argument("out", help="folder to write (images/, t2i.jsonl, und.jsonl, spec.jsonl, info.json)")
-    p.add_argument("--split", default="train", choices=list(SPLIT_BUCKETS), help="which split (default: train)")
+    p.add_argument("--split", default="train", choices=list(EXPORT_SPLITS),
+                   help="which split (default: train; elsewhere: the test scenes drawn by another method)")
     p.add_argument("--n", type=int, default=1000, help="number of images (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split's streams (default: 0)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
     p.add_argument("--min-shapes", type=int, default=1, help="fewest shapes per image (default: 1)")
     p.add_argument("--max-shapes", type=int, default=2, help="most shapes per image (default: 2)")
+    p.add_argument("--variations", action="store_true",
+                   help="vary render size, shape size, background and anti-aliasing per image (unimm.bench.shapes)")
     p.add_argument("--overwrite", action="store_true", help="replace an exported split already in OUT")
     return p
 
@@ -120,7 +137,8 @@ def build_parser(prog: str = "unimm bench export") -> argparse.ArgumentParser:
 def export_main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``unimm bench export OUT [--split S] [--n N] [--seed K] [--image-size P] ...``."""
     args = build_parser().parse_args(argv)
-    cfg = ShapesConfig(image_size=args.image_size, min_shapes=args.min_shapes, max_shapes=args.max_shapes)
+    cfg = ShapesConfig(image_size=args.image_size, min_shapes=args.min_shapes, max_shapes=args.max_shapes,
+                       variations=args.variations)
     out = export_split(args.out, args.split, args.n, args.seed, cfg, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} images to {out}")
     return 0

@@ -305,14 +305,15 @@ class Scene:
     image_size: int
     shapes: tuple[Shape, ...]
     background: tuple[int, int, int] = BACKGROUND
+    supersample: int = 4
 
-    def render(self, supersample: int = 4) -> Image.Image:
+    def render(self) -> Image.Image:
         """Draw the scene as an RGB ``PIL.Image`` of ``image_size`` x ``image_size``.
 
         Shapes are drawn ``supersample`` times larger and box-filtered down, which anti-aliases their edges the
-        way a decoder's output is soft.
+        way a decoder's output is soft (``supersample`` 1: hard, aliased edges).
         """
-        s = int(supersample)
+        s = int(self.supersample)
         big = Image.new("RGB", (self.image_size * s, self.image_size * s), tuple(self.background))
         draw = ImageDraw.Draw(big)
         for shape in self.shapes:
@@ -354,11 +355,14 @@ class Scene:
         return json.dumps([self.image_size, list(self.background), shapes], separators=(",", ":"))
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "image_size": self.image_size,
             "background": list(self.background),
             "shapes": [s.to_dict() for s in self.shapes],
         }
+        if self.supersample != 4:  # recorded where it differs, so default splits keep their files
+            d["supersample"] = self.supersample
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
@@ -366,6 +370,7 @@ class Scene:
             image_size=int(d["image_size"]),
             shapes=tuple(Shape.from_dict(s) for s in d["shapes"]),
             background=tuple(d.get("background", BACKGROUND)),
+            supersample=int(d.get("supersample", 4)),
         )
 
 
@@ -402,6 +407,10 @@ class ShapesConfig:
         min_size, max_size: shape side as a fraction of ``image_size``.
         min_gap: empty pixels between two shapes' boxes; ``None`` means ``max(1, image_size // 16)``.
         background: background RGB.
+        variations: vary, per image and from its own random stream, what should not matter (:data:`VARIATIONS`):
+            the side the scene is drawn at (stored at that size; the model's transforms resize it), the shapes'
+            size, the background's colour and brightness (kept :data:`BACKGROUND_MARGIN` away from every palette
+            colour in use) and anti-aliasing. Scenes, captions and questions keep their meaning.
     """
 
     image_size: int = 32
@@ -413,8 +422,11 @@ class ShapesConfig:
     max_size: float = 0.4
     min_gap: int | None = None
     background: tuple[int, int, int] = field(default=BACKGROUND)
+    variations: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.variations, bool):
+            raise ConfigError(f"variations must be true or false, got {self.variations!r}")
         if not 16 <= self.image_size <= 256:
             raise ConfigError(f"image_size={self.image_size} is outside 16..256; use e.g. 32 or 64")
         if not 1 <= self.min_shapes <= self.max_shapes <= MAX_SHAPES:
@@ -463,6 +475,7 @@ class ShapesConfig:
             "max_size": self.max_size,
             "min_gap": self.gap,
             "background": list(self.background),
+            **({"variations": VARIATIONS} if self.variations else {}),
         }
 
 
@@ -593,18 +606,61 @@ def sample_scene(seed: int | str, config: ShapesConfig | None = None) -> Scene:
     return _sample_scene(_Draws(f"unimm-shapes/scene/{seed}"), config or ShapesConfig())
 
 
+#: What ``ShapesConfig(variations=True)`` draws per image (recorded in an exported split's info.json).
+VARIATIONS: dict = {
+    "render_size": [24, 96],          # side in pixels the scene is drawn and stored at (the model resizes)
+    "shape_size": [0.25, 0.55],       # shape side as a fraction of that side
+    "background_grey": [20, 215],     # grey level, then a tint of up to +-25 per channel
+    "background_tint": 25,
+    "background_margin": 80,          # BACKGROUND_MARGIN
+    "antialiased": 0.7,               # probability of supersampling 4 (else hard edges)
+}
+
+#: RGB distance a varied background keeps from every palette colour in use: the checker gives a pixel the nearest
+#: of the palette and the background, so shapes stay separable from the background by a wide margin even at their
+#: blended edges (palette colours are 105 or more apart; 80 leaves them nearer their own colour than the ground).
+BACKGROUND_MARGIN = VARIATIONS["background_margin"]
+
+
+def _varied_background(draws: _Draws, colours: tuple[str, ...]) -> tuple[int, int, int]:
+    lo, hi = VARIATIONS["background_grey"]
+    tint = VARIATIONS["background_tint"]
+    for _ in range(1000):
+        grey = draws.integer(lo, hi)
+        rgb = tuple(min(255, max(0, grey + draws.integer(-tint, tint))) for _ in range(3))
+        if all(math.dist(rgb, PALETTE[c]) >= BACKGROUND_MARGIN for c in colours):
+            return rgb
+    raise ConfigError(f"found no background {BACKGROUND_MARGIN} away from the colours {list(colours)}")  # pragma: no cover
+
+
+def varied_config(cfg: ShapesConfig, draws: _Draws) -> tuple[ShapesConfig, int]:
+    """The config one varied image is drawn with (its side, shape sizes, background) and its supersampling."""
+    size = draws.integer(*VARIATIONS["render_size"])
+    low, high = VARIATIONS["shape_size"]
+    low = max(low, 6 / size)  # shapes under 6 px cannot be told apart
+    scene_cfg = ShapesConfig(image_size=size, min_shapes=cfg.min_shapes, max_shapes=cfg.max_shapes,
+                             colours=cfg.colours, kinds=cfg.kinds, min_size=low, max_size=high,
+                             background=_varied_background(draws, cfg.colours))
+    return scene_cfg, 4 if draws.uniform() < VARIATIONS["antialiased"] else 1
+
+
 def make_sample(split: str, index: int, seed: int = 0, config: ShapesConfig | None = None) -> Sample:
     """Item ``index`` of split ``split`` (``"train"``, ``"val"`` or ``"test"``); see :func:`make_split`."""
     if split not in SPLIT_BUCKETS:
         raise ConfigError(f"unknown split {split!r}; choose from {list(SPLIT_BUCKETS)}")
     cfg = config or ShapesConfig()
     draws = _Draws(f"unimm-shapes/{seed}/{split}/{index}")
+    scene_cfg, supersample = cfg, 4
+    if cfg.variations:  # a stream of its own, so the scene's draws are those of a plain split
+        scene_cfg, supersample = varied_config(cfg, _Draws(f"unimm-shapes/{seed}/{split}/{index}/look"))
     for _ in range(10_000):
-        scene = _sample_scene(draws, cfg)
+        scene = _sample_scene(draws, scene_cfg)
         if split_of(scene) == split:
             break
     else:  # pragma: no cover - one in ten scenes lands in the smallest split
         raise ConfigError(f"found no scene for split {split!r}; the config's scene space is too small")
+    if supersample != 4:
+        scene = Scene(scene.image_size, scene.shapes, scene.background, supersample)
     spec = scene.spec()
     return Sample(
         index=index,
