@@ -15,6 +15,7 @@ leaves a folder that looks complete; resuming picks the newest folder that has `
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,21 @@ from ..registry import CheckpointError
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class _TiedTensorNotice(logging.Filter):
+    """Drops accelerate's "Removed shared tensor ... while saving" warning.
+
+    A model whose two slots hold one module (the shared-VQ understanding encoder reads the generator's tokenizer)
+    has each of its tensors under two names; safetensors stores one, accelerate warns with every name, one very long
+    line per checkpoint, and loading fills both names from the one stored tensor (the resume tests cover it).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Removed shared tensor")
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedTensorNotice())
 
 
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
