@@ -1,4 +1,5 @@
-"""The reproduction end to end at smoke size: every experiment of configs/experiments/shapes.yaml, a few steps each."""
+"""The reproduction end to end at the smoke budget: every experiment of configs/experiments/shapes.yaml, two seeds,
+a few steps each, in two worker processes."""
 
 import json
 
@@ -7,21 +8,21 @@ import torch
 from PIL import Image
 
 from unimm.experiments.reproduce import experiment_config, load_experiments, reproduce, trained_tasks
+from unimm.experiments.spec import experiment_steps, run_order
 from unimm.pretrained import load_pretrained
 from unimm.registry import ENCODERS, ConfigError
-
-SMOKE = [
-    "budget.steps=4", "budget.evals=2", "data.train=48", "data.test=6",
-    "autoencoders.llamagen_vq.steps=3", "autoencoders.autoencoder_kl.steps=3", "und_encoder_pretraining.steps=3",
-]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    spec = load_experiments("experiments/shapes", SMOKE)
-    report = reproduce(spec, out, command="unimm reproduce --set " + " ".join(SMOKE))
+    spec = load_experiments("experiments/shapes", budget="smoke")
+    report = reproduce(spec, out, command="unimm reproduce --budget smoke --jobs 2", jobs=2, threads=1)
     return spec, out, report
+
+
+def run(out, name, seed=0):
+    return out / "runs" / name / f"seed{seed}"
 
 
 @pytest.mark.slow
@@ -30,14 +31,27 @@ def test_smoke_reproduction_writes_the_report(smoke_run):
     results = json.loads((out / "results.json").read_text())["experiments"]
     assert list(results) == list(spec.experiments)
     text = report.read_text()
-    for name, r in results.items():
+    for name, per_seed in results.items():
+        assert list(per_seed) == ["0", "1"], name  # the smoke budget's two seeds
         assert f"| {name} |" in text
-        assert [c["step"] for c in r["curve"]] == [2, 4]
-        assert set(r["final"]) == set(r["tasks"])
-    # Exp-E / Exp-F: the single-task runs are scored only on what they trained.
-    assert results["und_only"]["tasks"] == ["understanding"]
-    assert results["gen_only"]["tasks"] == ["generation"]
-    assert results["janus"]["tasks"] == ["generation", "understanding"]
+        for seed, r in per_seed.items():
+            assert r["seed"] == int(seed)
+            assert [c["step"] for c in r["curve"]] == ([1, 2] if name in ("und_only", "gen_only") else [2, 4])
+            assert set(r["final"]) == set(r["tasks"])
+            if "understanding" in r["tasks"]:  # and on the drawn-elsewhere set
+                assert r["elsewhere"]["understanding"]["n"] > 0
+    # Exp-E / Exp-F: the single-task runs are scored only on what they trained, at half janus's steps (the same
+    # per-task data as its 1 : 1 mixture).
+    assert results["und_only"]["0"]["tasks"] == ["understanding"]
+    assert results["gen_only"]["0"]["tasks"] == ["generation"]
+    assert results["janus"]["0"]["tasks"] == ["generation", "understanding"]
+    assert results["und_only"]["0"]["steps"] == 2 and results["janus"]["0"]["steps"] == 4
+    # the report opens with the verdicts, one row per claim, each with a verdict word; cells have intervals
+    verdicts = text.split("## Verdicts")[1].split("## Results")[0]
+    rows = [line for line in verdicts.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 6 and all(any(v in row for v in ("reproduced", "contradicted", "inconclusive")) for row in rows)
+    assert " ± " in text.split("## Results")[1].split("\n\n")[1]
+    assert "Budget profile: smoke" in text and "Seeds: training and sampling 0, 1" in text
     assert "## Understanding encoder" in text and "pre-trained understanding encoder" in text
     assert json.loads((out / "results.json").read_text())["und_encoder"]["settings"]["steps"] == 3
     for picture in ("plots/loss.png", "plots/scores.png", "grids/generation.png",
@@ -45,35 +59,41 @@ def test_smoke_reproduction_writes_the_report(smoke_run):
         with Image.open(out / picture) as image:
             assert image.size[0] > 100
     # every experiment trained the same budget: one checkpointed step count in its metrics
-    for name in results:
-        steps = [json.loads(line)["step"] for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-        assert max(steps) == 4
+    for name, per_seed in results.items():
+        for seed in per_seed:
+            lines = (run(out, name, seed) / "metrics.jsonl").read_text().splitlines()
+            assert max(json.loads(line)["step"] for line in lines) == per_seed[seed]["steps"]
+    # the seeds differ: same experiment, different training
+    assert not torch.equal(torch.load(run(out, "janus", 0) / "test_images.pt"),
+                           torch.load(run(out, "janus", 1) / "test_images.pt"))
 
 
 @pytest.mark.slow
 def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     spec, out, _ = smoke_run
-    model, processor, cfg = load_pretrained(out / "runs" / "janusflow" / "final")
+    model, processor, cfg = load_pretrained(run(out, "janusflow") / "final")
     assert cfg.model.generator.autoencoder.path is None  # the trained VAE's weights travel in the model file
-    model, processor, cfg = load_pretrained(out / "runs" / "shared_encoder" / "final")
+    model, processor, cfg = load_pretrained(run(out, "shared_encoder", 1) / "final")
     assert model.und_encoder.tokenizer is model.generator.autoencoder  # one tokenizer for both paths (tied)
     assert cfg.model.generator.autoencoder.path is None and "autoencoder" not in cfg.model.und_encoder
-    model, processor, cfg = load_pretrained(out / "runs" / "janus_pretrained_vit" / "final")
+    model, processor, cfg = load_pretrained(run(out, "janus") / "final")
     assert cfg.model.und_encoder.path is None  # the pre-trained encoder travels in the model file
-    before = (out / "runs" / "janus" / "result.json").stat().st_mtime_ns
+    before = (run(out, "janus", 1) / "result.json").stat().st_mtime_ns
     reproduce(spec, out, only=["janus"])
-    assert (out / "runs" / "janus" / "result.json").stat().st_mtime_ns == before
+    assert (run(out, "janus", 1) / "result.json").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_an_interrupted_experiment_restarts_cleanly(smoke_run):
     spec, out, _ = smoke_run
-    run = out / "runs" / "gen_only"
-    (run / "result.json").unlink()  # as if the process died before the experiment finished
-    (run / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    folder = run(out, "gen_only", 1)
+    (folder / "result.json").unlink()  # as if the process died before this run finished
+    (folder / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    untouched = (run(out, "gen_only", 0) / "result.json").stat().st_mtime_ns
     result = reproduce(spec, out, only=["gen_only"])
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert 99 not in steps and max(steps) == 4
+    steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert 99 not in steps and max(steps) == 2
+    assert (run(out, "gen_only", 0) / "result.json").stat().st_mtime_ns == untouched
     assert "| gen_only |" in result.read_text()
 
 
@@ -83,7 +103,10 @@ def test_experiment_configs_differ_only_where_they_say(tmp_path):
     backbone = configs["janus"].model.backbone
     for name, cfg in configs.items():
         assert cfg.model.backbone == backbone, name  # same LLM everywhere
-        assert cfg.train.stages[0].steps == spec.budget.steps, name
+        half = name in ("und_only", "gen_only")
+        assert cfg.train.stages[0].steps == (spec.budget.steps // 2 if half else spec.budget.steps), name
+        assert cfg.train.seed == 0 and cfg.train.output_dir == str(tmp_path / "runs" / name / "seed0")
+    assert experiment_config(spec, "janus", tmp_path, seed=2).train.seed == 2
     assert configs["janusflow"].model.generator.repa_layer == 2
     assert configs["janusflow_no_repa"].model.generator.repa_layer is None
     assert configs["shared_encoder"].model.und_encoder.type == "shared_vq"
@@ -91,10 +114,12 @@ def test_experiment_configs_differ_only_where_they_say(tmp_path):
     assert configs["shared_encoder"].model.generator.autoencoder.path == str(tmp_path / "autoencoders/llamagen_vq")
     assert trained_tasks(configs["und_only"]) == ["understanding"]
     assert trained_tasks(configs["gen_only"]) == ["generation"]
-    pretrained = configs["janus_pretrained_vit"]
-    assert pretrained.model.und_encoder.path == str(tmp_path / "encoders/und_encoder")
-    assert list(pretrained.train.stages[0].trainable) == ["und_aligner", "backbone", "generator"]
-    assert configs["janus"].model.und_encoder.get("path") is None
+    # every ViT row reads the one pre-trained, frozen ViT, except janus_scratch_vit (the pre-training claim's row)
+    for name in ("janus", "janusflow", "janusflow_no_repa", "und_only"):
+        assert configs[name].model.und_encoder.path == str(tmp_path / "encoders/und_encoder"), name
+        assert list(configs[name].train.stages[0].trainable) == ["und_aligner", "backbone", "generator"], name
+    assert configs["janus_scratch_vit"].model.und_encoder.get("path") is None
+    assert "und_encoder" in configs["janus_scratch_vit"].train.stages[0].trainable
 
 
 def test_bad_experiment_files_fail_clearly(tmp_path):
@@ -112,22 +137,61 @@ def test_bad_experiment_files_fail_clearly(tmp_path):
         reproduce(spec, tmp_path, only=["janos"])
 
 
+@pytest.mark.parametrize("overrides, budget, message", [
+    ([], "laptpo", "--budget laptpo: the experiments file has no such profile; profiles: smoke, laptop, gpu"),
+    (["budget.seed=0"], None, "budget: unknown key 'seed'; valid keys: steps, evals, seeds"),
+    (["budget.seeds=[0,0]"], None, "budget.seeds must be a list of distinct integers"),
+    (["budget.seeds=3"], None, "budget.seeds must be a list of distinct integers"),
+    (["budget.steps=0"], None, "budget.steps must be a whole number"),
+    (["experiments.und_only.steps=1.5"], None, "experiments.und_only.steps must be a whole number of steps"),
+    (["experiments.und_only.steps=many"], None, "experiments.und_only.steps must be a whole number of steps"),
+    (["experiments.janus.init_from=janusflow", "experiments.janusflow.init_from=janus"], None,
+     "init_from goes round in a circle (janus -> janusflow -> janus)"),
+    (["experiments.janus.init_from=nowhere/model"], None, "'nowhere/model' is neither an experiment of this file"),
+    (["data.tset=5"], None, "data: unknown key 'tset'"),
+])
+def test_bad_budgets_seeds_and_steps_fail_in_one_line(overrides, budget, message):
+    with pytest.raises(ConfigError) as error:
+        load_experiments("experiments/shapes", overrides, budget=budget)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_budget_profiles_steps_and_init_from(tmp_path):
+    laptop = load_experiments("experiments/shapes")  # the default profile
+    assert laptop.budget.profile == "laptop" and list(laptop.budget.seeds) == [0, 1, 2]
+    smoke = load_experiments("experiments/shapes", budget="smoke")
+    assert smoke.budget.steps == 4 and smoke.data.train == 48 and smoke.autoencoders.llamagen_vq.lr == 3.0e-3
+    assert experiment_steps(smoke, "und_only") == 2 and experiment_steps(smoke, "janus") == 4
+    spec = load_experiments("experiments/shapes", ["experiments.janus.init_from=gen_only",
+                                                   "experiments.janus.steps=7"])
+    assert run_order(spec).index("gen_only") < run_order(spec).index("janus")
+    cfg = experiment_config(spec, "janus", tmp_path, seed=1)
+    assert cfg.train.init_from == str(tmp_path / "runs" / "gen_only" / "seed1" / "final")
+    assert cfg.train.stages[0].steps == 7
+
+
 @pytest.mark.slow
 def test_the_default_model_recipe_runs_at_smoke_size(tmp_path):
-    # configs/experiments/shapes-default.yaml made the shipped model: a pre-trained, frozen ViT under each mixture.
-    smoke = ["budget.steps=2", "budget.evals=1", "data.train=32", "data.test=4", "autoencoders.llamagen_vq.steps=2",
-             "und_encoder_pretraining.steps=2"]
-    spec = load_experiments("experiments/shapes-default", smoke)
-    reproduce(spec, tmp_path, command="unimm reproduce --experiments experiments/shapes-default")
+    # configs/experiments/shapes-default.yaml makes the shipped model in one command: `base` on a pre-trained,
+    # frozen ViT, then `shipped` continued from base's final model.
+    spec = load_experiments("experiments/shapes-default", budget="smoke")
+    reproduce(spec, tmp_path, command="unimm reproduce --experiments experiments/shapes-default --budget smoke")
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["experiments"]) == {"balanced", "generation_heavy"}
+    assert set(results["experiments"]) == {"base", "shipped"}
     assert results["und_encoder"]["settings"]["steps"] == 2
-    cfg = load_pretrained(tmp_path / "runs" / "generation_heavy" / "final").config
-    assert cfg.model.und_encoder.path is None and cfg.train.stages[0].mixture.t2i == 3
-    # balanced trained an understanding step (which would move an unfrozen encoder) and kept the encoder it began with
-    run = tmp_path / "runs" / "balanced"
-    assert any("loss/understanding" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
-    model = load_pretrained(run / "final").model
+    shipped = tmp_path / "runs" / "shipped" / "seed0"
+    cfg = load_pretrained(shipped / "final").config
+    assert cfg.model.und_encoder.path is None and cfg.train.stages[0].lr == 1.0e-3
+    assert cfg.train.init_from == str(tmp_path / "runs" / "base" / "seed0" / "final")
+    # base trained an understanding step (which would move an unfrozen encoder) and kept the encoder it began with
+    base = tmp_path / "runs" / "base" / "seed0"
+    assert any("loss/understanding" in json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines())
+    model = load_pretrained(base / "final").model
     pretrained = ENCODERS.build({"type": "siglip", "path": str(tmp_path / "encoders" / "und_encoder")}, where="x")
     for (name, a), b in zip(model.und_encoder.state_dict().items(), pretrained.state_dict().values()):
         assert torch.equal(a, b), name
+    # shipped started from base's final weights (two small steps away from them), not from a fresh initialisation
+    after = load_pretrained(shipped / "final").model.backbone.state_dict()
+    start = model.backbone.state_dict()
+    moved = sum(float((after[k] - start[k]).norm()) for k in start)
+    assert 0 < moved < 0.05 * sum(float(v.norm()) for v in start.values())

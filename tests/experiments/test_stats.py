@@ -169,7 +169,7 @@ def test_verdict_table():
     decoupled = table[2]
     assert "`janus` vs `shared_encoder`" in decoupled and "+30.0 pts" in decoupled
     assert "paired t over 3 seeds" in decoupled and decoupled.endswith("| **reproduced** |")
-    assert "not run (janus_pretrained_vit: needs 2+ seeds)" in table[-1]
+    assert "not run (janus_scratch_vit: needs 2+ seeds)" in table[-1]
     assert "janusflow, janusflow_no_repa" in table[5]
     position = Claim("pos", "P", "janus", "shared_encoder", "understanding.position", "greater")
     assert "+15.0 pts" in verdict_table([position], results)

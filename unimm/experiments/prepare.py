@@ -1,0 +1,168 @@
+"""What ``unimm reproduce`` makes once before the experiments: the benchmark splits, the autoencoders, and the
+pre-trained understanding encoder.
+
+* :func:`prepare_data`: exports the train and test splits (and the drawn-elsewhere set) into ``OUT/data``.
+* :func:`autoencoder_jobs` / :func:`train_one_autoencoder`: each autoencoder type the experiments use (the VQ
+  tokenizer, the KL VAE) is trained on the training images into ``OUT/autoencoders/<type>`` and its
+  reconstructions scored with the checker (the ceiling for generation through it).
+* :func:`encoder_job` / :func:`pretrain_und_encoder`: if an experiment asks for ``pretrained_und_encoder``, the
+  understanding encoder is pre-trained once on the training images' object labels into
+  ``OUT/encoders/und_encoder``.
+
+Each keeps a ``result.json`` beside what it trained; a rerun reads it instead of training again. They are shared by
+every seed of every experiment (as the papers take their tokenizer and SigLIP as given), so they are trained with
+the first seed of ``budget.seeds``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..images import save_grid
+from ..registry import ConfigError
+from .spec import architectures, plain_config
+
+SPLITS = ("train", "test", "elsewhere")
+
+
+def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, Path]:
+    """Export the splits (kept if already there with the same size, seed and variations); returns split -> folder.
+
+    ``elsewhere`` (test scenes drawn by another method, :mod:`unimm.bench.elsewhere`) is exported when
+    ``data.elsewhere`` > 0; ``data.variations`` varies what should not matter in the train and test renders.
+    """
+    from ..bench.export import export_split
+    from ..bench.shapes import ShapesConfig
+
+    folders = {}
+    variations = bool(spec.data.get("variations", False))
+    for split in SPLITS:
+        n = int(spec.data.get(split) or 0)
+        if n <= 0:
+            if split != "elsewhere":
+                raise ConfigError(f"data.{split} must be a number of images >= 1, got {spec.data.get(split)!r}")
+            continue
+        folder = out / "data" / split
+        config = ShapesConfig(variations=variations and split != "elsewhere")
+        info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
+        wanted = {"n": n, "seed": int(spec.data.seed), "config": config.to_dict()}
+        if force or {k: info.get(k) for k in wanted} != wanted:
+            export_split(folder, split, n, seed=wanted["seed"], config=config, overwrite=True)
+        folders[split] = folder
+    return folders
+
+
+def image_size(folder: Path) -> int:
+    """The model-side image size of an exported split (autoencoders train at it; larger renders are resized)."""
+    return int(json.loads((folder / "info.json").read_text())["config"]["image_size"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Autoencoders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def autoencoder_jobs(spec: DictConfig) -> dict[str, dict]:
+    """Autoencoder type -> its slot, over all experiments; one architecture per type (one trained model serves all)."""
+    slots: dict[str, dict] = {}
+    for name in spec.experiments:
+        for kind, plain in architectures(spec, name).items():
+            if kind in slots and slots[kind] != plain:
+                raise ConfigError(
+                    f"experiments use two different '{kind}' autoencoders ({slots[kind]} and {plain}); "
+                    "give them the same architecture so one trained autoencoder serves all"
+                )
+            slots[kind] = plain
+    return slots
+
+
+def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, data: dict[str, Path],
+                          force: bool = False) -> dict[str, Any]:
+    """Train the ``kind`` autoencoder on the training images; returns its wall time and reconstruction scores."""
+    from ..bench import evaluate_generation, load_specs
+    from ..registry import AUTOENCODERS
+    from ..train.autoencoder import load_image_tensor, reconstruct, train_autoencoder
+
+    folder = out / "autoencoders" / kind
+    result_file = folder / "result.json"
+    if result_file.is_file() and not force:
+        return json.loads(result_file.read_text())
+    started = time.time()
+    settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
+    size = image_size(data["train"])
+    images = load_image_tensor(sorted((data["train"] / "images").glob("*.png")), size)
+    start = time.perf_counter()
+    train_autoencoder(slot, images, folder, seed=int(spec.budget.seeds[0]), **settings)
+    seconds = time.perf_counter() - start
+    model = AUTOENCODERS.build({"type": kind, "path": str(folder)}, where=f"autoencoders.{kind}",
+                               inferred={"image_size": size} if kind == "llamagen_vq" else {})
+    tests = load_specs(data["test"])
+    test_images = load_image_tensor([p for p, _, _ in tests], size)
+    recon = reconstruct(model, test_images)
+    scores = evaluate_generation(recon, [s for _, s, _ in tests], value_range=(-1, 1))
+    shown = min(16, len(test_images))  # test images on top, their reconstructions below
+    save_grid(torch.cat([test_images[:shown], recon[:shown]]), out / "grids" / f"autoencoder_{kind}.png", nrow=shown)
+    result = {"seconds": round(seconds, 1), "settings": settings,
+              "mse": float(((recon - test_images) ** 2).mean()), "checker": scores["accuracy"],
+              "started": round(started, 1), "finished": round(time.time(), 1)}
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pre-trained understanding encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def encoder_job(spec: DictConfig) -> dict | None:
+    """The und_encoder slot that the experiments with ``pretrained_und_encoder`` share (None if none asks)."""
+    slots = {}
+    for name, exp in spec.experiments.items():
+        if exp.get("pretrained_und_encoder"):
+            slot = OmegaConf.to_container(plain_config(spec, name).model.und_encoder)
+            slots[name] = {k: v for k, v in slot.items() if k != "path"}
+    if not slots:
+        return None
+    first = next(iter(slots.values()))
+    differing = [name for name, slot in slots.items() if slot != first]
+    if differing:
+        raise ConfigError(f"experiments {differing} ask for a pre-trained und_encoder of another architecture than "
+                          f"{next(iter(slots))}; give them the same one so one pre-trained encoder serves all")
+    return first
+
+
+def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str, Path],
+                         force: bool = False) -> dict[str, Any]:
+    """Pre-train the shared understanding encoder on the training images labelled with their objects
+    (``"red circle"``); returns its wall time, settings and label accuracy on the test images."""
+    from ..bench.export import load_specs
+    from ..train.autoencoder import load_image_tensor
+    from ..train.encoder import pretrain_encoder
+
+    folder = out / "encoders" / "und_encoder"
+    result_file = folder / "result.json"
+    if result_file.is_file() and not force:
+        return json.loads(result_file.read_text())
+
+    def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
+        items = load_specs(data[split])
+        images = load_image_tensor([p for p, _, _ in items], image_size(data[split]))
+        return images, [[shape.name for shape in scene.shapes] for _, _, scene in items]
+
+    started = time.time()
+    settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
+    images, labels = labelled("train")
+    benchmark = json.loads((data["train"] / "info.json").read_text())["config"]
+    names = [f"{colour} {kind}" for colour in benchmark["colours"] for kind in benchmark["kinds"]]
+    result = pretrain_encoder(slot, images, labels, folder, seed=int(spec.budget.seeds[0]),
+                              held_out=labelled("test"), label_names=names, **settings)
+    result = {"type": slot["type"], "settings": settings, **{k: v for k, v in result.items() if k != "path"},
+              "started": round(started, 1), "finished": round(time.time(), 1)}
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
