@@ -81,6 +81,17 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     before = (run(out, "janus", 1) / "result.json").stat().st_mtime_ns
     reproduce(spec, out, only=["janus"])
     assert (run(out, "janus", 1) / "result.json").stat().st_mtime_ns == before
+    # an autoencoder is kept while the file asks for the settings it was trained with, retrained when they change
+    from unimm.experiments.prepare import autoencoder_jobs, prepare_data, train_one_autoencoder
+
+    data = prepare_data(spec, out)
+    slot = autoencoder_jobs(spec)["llamagen_vq"]
+    kept = out / "autoencoders" / "llamagen_vq" / "result.json"
+    before = kept.stat().st_mtime_ns
+    train_one_autoencoder(spec, "llamagen_vq", slot, out, data)
+    assert kept.stat().st_mtime_ns == before
+    changed = load_experiments("experiments/shapes", ["autoencoders.llamagen_vq.steps=2"], budget="smoke")
+    assert train_one_autoencoder(changed, "llamagen_vq", slot, out, data)["settings"]["steps"] == 2
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ pre-trained understanding encoder.
   understanding encoder is pre-trained once on the training images' object labels into
   ``OUT/encoders/und_encoder``.
 
-Each keeps a ``result.json`` beside what it trained; a rerun reads it instead of training again. They are shared by
+Each keeps a ``result.json`` beside what it trained; a rerun reads it instead of training again, unless the
+experiments file now asks for other settings (then it trains anew). They are shared by
 every seed of every experiment (as the papers take their tokenizer and SigLIP as given), so they are trained with
 the first seed of ``budget.seeds``.
 """
@@ -91,10 +92,12 @@ def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, da
 
     folder = out / "autoencoders" / kind
     result_file = folder / "result.json"
-    if result_file.is_file() and not force:
-        return json.loads(result_file.read_text())
-    started = time.time()
     settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
+    if result_file.is_file() and not force:
+        kept = json.loads(result_file.read_text())
+        if kept.get("settings") == settings:  # trained as the file now asks: keep it
+            return kept
+    started = time.time()
     size = image_size(data["train"])
     images = load_image_tensor(sorted((data["train"] / "images").glob("*.png")), size)
     start = time.perf_counter()
@@ -148,7 +151,9 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     folder = out / "encoders" / "und_encoder"
     result_file = folder / "result.json"
     if result_file.is_file() and not force:
-        return json.loads(result_file.read_text())
+        kept = json.loads(result_file.read_text())
+        if kept.get("settings") == dict(OmegaConf.to_container(spec.und_encoder_pretraining)):
+            return kept
 
     def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
         items = load_specs(data[split])
