@@ -6,8 +6,8 @@ another program would:
 
 * on a canvas of another size (40 to 128 px), with PIL's primitives straight onto it - no supersampling, so
   edges are hard and rounded differently; the model's transforms resize the stored picture as they would a photo;
-* on a light or mid grey, or lightly tinted, background (grey 110-190, kept
-  :data:`unimm.bench.shapes.BACKGROUND_MARGIN` away from the palette), never the benchmark's own grey;
+* on a light or mid grey, or lightly tinted, background (grey 110-190, one that
+  :func:`unimm.bench.shapes.separates` from the colours in use), never the benchmark's own grey;
 * circles as PIL ellipses of the scaled box, triangles as polygons with the apex at the scaled box's top centre,
   each with a 1-pixel outline a little darker than its fill.
 
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from unimm.registry import ConfigError
 
-from .shapes import BACKGROUND, BACKGROUND_MARGIN, PALETTE, Sample, Scene, Shape, ShapesConfig, _Draws, make_sample
+from .shapes import BACKGROUND, PALETTE, Sample, Scene, Shape, ShapesConfig, _Draws, make_sample, separates
 
 METHOD = ("PIL primitives straight onto a 40-128 px canvas (no supersampling), 1 px darker outlines, "
           "grey 110-190 or tinted backgrounds")
@@ -63,9 +63,9 @@ def _background(draws: _Draws, colours) -> tuple[int, int, int]:
         grey = draws.integer(*GREY)
         tint = [draws.integer(-15, 15) for _ in range(3)] if draws.uniform() < 0.5 else [0, 0, 0]
         rgb = tuple(min(255, max(0, grey + t)) for t in tint)
-        if math.dist(rgb, BACKGROUND) >= 20 and all(math.dist(rgb, PALETTE[c]) >= BACKGROUND_MARGIN for c in colours):
+        if math.dist(rgb, BACKGROUND) >= 20 and separates(rgb, colours):
             return rgb
-    raise ConfigError(f"found no background {BACKGROUND_MARGIN} away from {list(colours)}")  # pragma: no cover
+    raise ConfigError(f"found no background that separates from the colours {list(colours)}")  # pragma: no cover
 
 
 def make_elsewhere_sample(index: int, seed: int = 0, config: ShapesConfig | None = None) -> DrawnElsewhere:
