@@ -30,6 +30,17 @@ METHOD = ("PIL primitives straight onto a 40-128 px canvas (no supersampling), 1
           "grey 110-190 or tinted backgrounds")
 CANVAS = (40, 128)
 GREY = (110, 190)
+TINT = 15
+
+#: How the set is drawn, recorded in an exported split's info.json as ``"drawing"`` (next to ``"method"``).
+DRAWING: dict = {
+    "scenes": "the test split's scenes of the same seed, boxes scaled to the canvas",
+    "canvas": list(CANVAS),
+    "background_grey": list(GREY),
+    "background_tint": TINT,          # on half the images, per channel
+    "supersample": 1,
+    "outline": "1 px, 0.85 x the fill",
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ def draw_plain(scene: Scene) -> Image.Image:
 def _background(draws: _Draws, colours) -> tuple[int, int, int]:
     for _ in range(1000):
         grey = draws.integer(*GREY)
-        tint = [draws.integer(-15, 15) for _ in range(3)] if draws.uniform() < 0.5 else [0, 0, 0]
+        tint = [draws.integer(-TINT, TINT) for _ in range(3)] if draws.uniform() < 0.5 else [0, 0, 0]
         rgb = tuple(min(255, max(0, grey + t)) for t in tint)
         if math.dist(rgb, BACKGROUND) >= 20 and separates(rgb, colours):
             return rgb
@@ -72,7 +83,8 @@ def make_elsewhere_sample(index: int, seed: int = 0, config: ShapesConfig | None
     """Item ``index``: test scene ``index`` of ``seed`` (plain renderer's scene space) redrawn on another canvas."""
     cfg = config or ShapesConfig()
     if cfg.variations:
-        raise ConfigError("the drawn-elsewhere set varies its own drawing; give a config without variations")
+        raise ConfigError("the drawn-elsewhere set varies its own drawing; give a config without variations "
+                          "(drop --variations)")
     base = make_sample("test", index, seed, cfg)
     draws = _Draws(f"unimm-shapes/{seed}/elsewhere/{index}")
     canvas = draws.integer(*CANVAS)
