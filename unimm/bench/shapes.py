@@ -613,7 +613,8 @@ VARIATIONS: dict = {
     "shape_size": [0.25, 0.55],       # shape side as a fraction of that side
     "background_grey": [20, 215],     # grey level, then a tint of up to +-25 per channel
     "background_tint": 25,
-    "background_margin": 80,          # BACKGROUND_MARGIN; and edge blends stay nearest their colour (separates)
+    "background_margin": 80,          # BACKGROUND_MARGIN
+    "background_blends": "nearest their own colour or the ground",  # the second condition of separates()
     "antialiased": 0.7,               # probability of supersampling 4 (else hard edges)
 }
 
