@@ -16,7 +16,7 @@ from unimm.bench.elsewhere import DRAWING, METHOD, make_elsewhere
 from unimm.bench.export import EXPORT_SPLITS, export_split, load_specs
 from unimm.bench.shapes import (
     BACKGROUND, BACKGROUND_MARGIN, DEFAULT_COLOURS, PALETTE, VARIATIONS, Scene, Shape, ShapesConfig, make_split,
-    separates,
+    separates, split_of,
 )
 from unimm.cli import main as cli_main
 from unimm.data import GenerationImageTransform, JsonlSource, MixtureLoader, SourceStream, TaskSampler
@@ -61,6 +61,13 @@ def test_questions_and_captions_still_match_the_scene():
             if qa.qtype == "colour":
                 kind = qa.question.split("the ")[1].rstrip("?")
                 assert qa.answer == next(sh.colour for sh in s.scene.shapes if sh.kind == kind)
+
+
+def test_a_layout_belongs_to_one_split_whatever_its_background():
+    for split in ("train", "test"):
+        for s in make_split(split, 30, 0, VARIED):
+            # its layout on the plain ground decides, so no background can carry a test layout into train
+            assert split_of(Scene(s.scene.image_size, s.scene.shapes)) == split
 
 
 def test_plain_splits_are_unchanged_by_the_option():
