@@ -4,15 +4,26 @@ import hashlib
 import json
 import math
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from PIL import Image
 
 from unimm.bench import evaluate_generation
-from unimm.bench.elsewhere import METHOD, make_elsewhere
+from unimm.bench.checker import detect_shapes
+from unimm.bench.elsewhere import DRAWING, METHOD, make_elsewhere
 from unimm.bench.export import EXPORT_SPLITS, export_split, load_specs
-from unimm.bench.shapes import BACKGROUND, BACKGROUND_MARGIN, PALETTE, VARIATIONS, ShapesConfig, make_split
+from unimm.bench.shapes import (
+    BACKGROUND, BACKGROUND_MARGIN, DEFAULT_COLOURS, PALETTE, VARIATIONS, Scene, Shape, ShapesConfig, make_split,
+    separates, split_of,
+)
+from unimm.cli import main as cli_main
+from unimm.data import GenerationImageTransform, JsonlSource, MixtureLoader, SourceStream, TaskSampler
 from unimm.registry import ConfigError
 from unimm.train.autoencoder import load_image_tensor
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 
 VARIED = ShapesConfig(variations=True)
 
@@ -52,6 +63,13 @@ def test_questions_and_captions_still_match_the_scene():
                 assert qa.answer == next(sh.colour for sh in s.scene.shapes if sh.kind == kind)
 
 
+def test_a_layout_belongs_to_one_split_whatever_its_background():
+    for split in ("train", "test"):
+        for s in make_split(split, 30, 0, VARIED):
+            # its layout on the plain ground decides, so no background can carry a test layout into train
+            assert split_of(Scene(s.scene.image_size, s.scene.shapes)) == split
+
+
 def test_plain_splits_are_unchanged_by_the_option():
     plain = make_split("train", 5, 0)
     assert all(s.scene.background == BACKGROUND and s.scene.image_size == 32 for s in plain)
@@ -63,7 +81,7 @@ def test_the_checker_reads_varied_and_elsewhere_pictures(tmp_path, split, config
     folder = export_split(tmp_path / split, split, 60, 0, config)
     info = json.loads((folder / "info.json").read_text())
     if split == "elsewhere":
-        assert info["method"] == METHOD and info["split"] == "elsewhere"
+        assert info["method"] == METHOD and info["split"] == "elsewhere" and info["drawing"] == DRAWING
     else:
         assert info["config"]["variations"] == VARIATIONS
     records = [json.loads(line) for line in (folder / "spec.jsonl").read_text().splitlines()]
@@ -92,3 +110,88 @@ def test_bad_options_fail_in_one_line():
     with pytest.raises(ConfigError, match="varies its own drawing"):
         make_elsewhere(1, 0, VARIED)
     assert "elsewhere" in EXPORT_SPLITS
+
+
+def _boxes_inside_and_apart(scene: Scene, gap: int) -> bool:
+    boxes = [shape.bbox for shape in scene.shapes]
+    inside = all(1 <= x0 and 1 <= y0 and x1 <= scene.image_size - 1 and y1 <= scene.image_size - 1
+                 for x0, y0, x1, y1 in boxes)
+    apart = all(a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+                for k, a in enumerate(boxes) for b in boxes[k + 1:])
+    return inside and apart
+
+
+def test_boxes_are_in_the_stored_pictures_pixels_and_state_the_same_relations():
+    # Varied scenes keep the margin and the gap rule scaled with their canvas; drawn-elsewhere boxes, scaled from
+    # the test scene, still state its spec (relations recomputed from the new boxes), so its questions hold.
+    for s in make_split("test", 60, 0, VARIED):
+        assert _boxes_inside_and_apart(s.scene, max(1, s.scene.image_size // 16)), s.scene
+    for s in make_elsewhere(60, 0):
+        assert s.scene.spec() == s.spec and _boxes_inside_and_apart(s.scene, 1), s.scene
+        if len(s.scene.shapes) == 1:  # the drawn pixels fill the stored box
+            drawn = (np.asarray(s.image()).astype(int) != s.scene.background).any(axis=-1)
+            ys, xs = np.nonzero(drawn)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == s.scene.shapes[0].bbox
+
+
+def test_backgrounds_keep_shape_edges_nearest_their_own_colour():
+    # A hard-edged square drawn at 69 px and resized to the model's 32 px has edge pixels that blend it with the
+    # ground; on every background the variations draw, the checker must still read exactly that one square.
+    to_32 = GenerationImageTransform(32)
+
+    def read(background, colour, x):
+        scene = Scene(69, (Shape("square", colour, x, x + 3, 30),), background, supersample=1)
+        return [(d.colour, d.kind) for d in detect_shapes(to_32(scene.render()), value_range=(-1, 1))]
+
+    grounds = sorted({s.scene.background for s in make_split("train", 40, 0, VARIED)})[::2]
+    grounds += sorted({s.scene.background for s in make_elsewhere(20, 0)})[::2]
+    for ground in grounds:
+        assert separates(ground, DEFAULT_COLOURS)
+        for colour in DEFAULT_COLOURS:
+            assert all(read(ground, colour, x) == [(colour, "square")] for x in (5, 8, 11)), (ground, colour)
+    # Why the rule has a second condition: 80 from every colour, but yellow's blended edge is nearer red or green.
+    dark = (74, 32, 65)
+    assert all(math.dist(dark, PALETTE[c]) >= BACKGROUND_MARGIN for c in DEFAULT_COLOURS)
+    assert not separates(dark, DEFAULT_COLOURS)
+    assert any(read(dark, "yellow", x) != [("yellow", "square")] for x in range(5, 15))
+
+
+def test_the_data_pipeline_brings_every_render_size_to_the_models(tmp_path):
+    import unimm
+
+    folder = export_split(tmp_path / "train", "train", 12, 0, VARIED)
+    sizes = set()
+    for path in (folder / "images").iterdir():
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    assert len(sizes) > 3  # stored at the sizes they were drawn at
+    processor = unimm.load_pretrained(GOLDEN / "janus_tiny").processor
+    streams = {
+        "und": SourceStream(JsonlSource(folder / "und.jsonl", "understanding"), "und", seed=0, shuffle=False),
+        "t2i": SourceStream(JsonlSource(folder / "t2i.jsonl", "generation"), "t2i", seed=0, shuffle=False),
+    }
+    loader = MixtureLoader(streams, TaskSampler({"und": 1, "t2i": 1}, 0), processor, batch_size=6,
+                           generation_image_size=16, num_threads=1)
+    seen = {}
+    for _ in range(20):
+        batch = loader.next_batch()
+        seen[batch.task] = batch
+        if len(seen) == 2:
+            break
+    side = processor.image_size
+    assert seen["understanding"].inputs["pixel_values"].shape[-3:] == (3, side, side)
+    assert seen["generation"].inputs["images"].shape == (6, 3, 16, 16)
+    assert dict(loader.skips.counts) == {}
+
+
+def test_the_command_exports_varied_and_elsewhere_splits(tmp_path, capsys):
+    assert cli_main(["bench", "export", str(tmp_path / "v"), "--split", "test", "--n", "4", "--variations"]) == 0
+    info = json.loads((tmp_path / "v" / "info.json").read_text())
+    assert info["config"]["variations"] == VARIATIONS and info["split"] == "test"
+    assert cli_main(["bench", "export", str(tmp_path / "e"), "--split", "elsewhere", "--n", "4", "--seed", "2"]) == 0
+    info = json.loads((tmp_path / "e" / "info.json").read_text())
+    assert info["method"] == METHOD and info["seed"] == 2
+    capsys.readouterr()
+    assert cli_main(["bench", "export", str(tmp_path / "x"), "--split", "elsewhere", "--n", "1", "--variations"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "drop --variations" in lines[0]

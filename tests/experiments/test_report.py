@@ -19,6 +19,11 @@ def test_seed_scores_skip_seeds_without_the_task():
     assert seed_scores(runs, "final", "generation", "overall") == [0.25, 0.75]
     assert seed_scores(runs, "final", "generation", "colour") == [0.5]
     assert seed_scores(runs, "elsewhere", "understanding", "overall") == []
+    # A test set with no relation stated scores position NaN at that seed (JSON writes it NaN): left out too.
+    runs = {0: {"final": {"generation": {"accuracy": {"position": float("nan")}}}},
+            1: {"final": {"generation": {"accuracy": {"position": 0.5}}}}}
+    assert seed_scores(runs, "final", "generation", "position") == [0.5]
+    assert cell(seed_scores({0: runs[0]}, "final", "generation", "position")) == "-"
 
 
 @pytest.mark.parametrize("spans, expected", [

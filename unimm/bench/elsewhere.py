@@ -6,8 +6,8 @@ another program would:
 
 * on a canvas of another size (40 to 128 px), with PIL's primitives straight onto it - no supersampling, so
   edges are hard and rounded differently; the model's transforms resize the stored picture as they would a photo;
-* on a light or mid grey, or lightly tinted, background (grey 110-190, kept
-  :data:`unimm.bench.shapes.BACKGROUND_MARGIN` away from the palette), never the benchmark's own grey;
+* on a light or mid grey, or lightly tinted, background (grey 110-190, one that
+  :func:`unimm.bench.shapes.separates` from the colours in use), never the benchmark's own grey;
 * circles as PIL ellipses of the scaled box, triangles as polygons with the apex at the scaled box's top centre,
   each with a 1-pixel outline a little darker than its fill.
 
@@ -24,12 +24,23 @@ from PIL import Image, ImageDraw
 
 from unimm.registry import ConfigError
 
-from .shapes import BACKGROUND, BACKGROUND_MARGIN, PALETTE, Sample, Scene, Shape, ShapesConfig, _Draws, make_sample
+from .shapes import BACKGROUND, PALETTE, Sample, Scene, Shape, ShapesConfig, _Draws, make_sample, separates
 
 METHOD = ("PIL primitives straight onto a 40-128 px canvas (no supersampling), 1 px darker outlines, "
           "grey 110-190 or tinted backgrounds")
 CANVAS = (40, 128)
 GREY = (110, 190)
+TINT = 15
+
+#: How the set is drawn, recorded in an exported split's info.json as ``"drawing"`` (next to ``"method"``).
+DRAWING: dict = {
+    "scenes": "the test split's scenes of the same seed, boxes scaled to the canvas",
+    "canvas": list(CANVAS),
+    "background_grey": list(GREY),
+    "background_tint": TINT,          # on half the images, per channel
+    "supersample": 1,
+    "outline": "1 px, 0.85 x the fill",
+}
 
 
 @dataclass(frozen=True)
@@ -61,18 +72,19 @@ def draw_plain(scene: Scene) -> Image.Image:
 def _background(draws: _Draws, colours) -> tuple[int, int, int]:
     for _ in range(1000):
         grey = draws.integer(*GREY)
-        tint = [draws.integer(-15, 15) for _ in range(3)] if draws.uniform() < 0.5 else [0, 0, 0]
+        tint = [draws.integer(-TINT, TINT) for _ in range(3)] if draws.uniform() < 0.5 else [0, 0, 0]
         rgb = tuple(min(255, max(0, grey + t)) for t in tint)
-        if math.dist(rgb, BACKGROUND) >= 20 and all(math.dist(rgb, PALETTE[c]) >= BACKGROUND_MARGIN for c in colours):
+        if math.dist(rgb, BACKGROUND) >= 20 and separates(rgb, colours):
             return rgb
-    raise ConfigError(f"found no background {BACKGROUND_MARGIN} away from {list(colours)}")  # pragma: no cover
+    raise ConfigError(f"found no background that separates from the colours {list(colours)}")  # pragma: no cover
 
 
 def make_elsewhere_sample(index: int, seed: int = 0, config: ShapesConfig | None = None) -> DrawnElsewhere:
     """Item ``index``: test scene ``index`` of ``seed`` (plain renderer's scene space) redrawn on another canvas."""
     cfg = config or ShapesConfig()
     if cfg.variations:
-        raise ConfigError("the drawn-elsewhere set varies its own drawing; give a config without variations")
+        raise ConfigError("the drawn-elsewhere set varies its own drawing; give a config without variations "
+                          "(drop --variations)")
     base = make_sample("test", index, seed, cfg)
     draws = _Draws(f"unimm-shapes/{seed}/elsewhere/{index}")
     canvas = draws.integer(*CANVAS)

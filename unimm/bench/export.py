@@ -103,14 +103,14 @@ def export_split(
 ) -> Path:
     """Generate split ``split`` (``n`` samples, ``seed``; ``"elsewhere"``: the test scenes drawn by another method)
     and write it to ``out``. ``info.json`` records the split, seed, config (with its variations) and, for
-    ``elsewhere``, the drawing method."""
+    ``elsewhere``, the drawing method (``"method"``, a sentence, and ``"drawing"``, its parameters)."""
     cfg = config or ShapesConfig()
     info = {"split": split, "seed": seed, "config": cfg.to_dict()}
     if split == "elsewhere":
-        from .elsewhere import METHOD, make_elsewhere
+        from .elsewhere import DRAWING, METHOD, make_elsewhere
 
         samples = make_elsewhere(n, seed, cfg)
-        info["method"] = METHOD
+        info["method"], info["drawing"] = METHOD, DRAWING
     elif split in SPLIT_BUCKETS:
         samples = make_split(split, n, seed, cfg)
     else:

@@ -53,6 +53,10 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
         config = ShapesConfig(variations=variations and split != "elsewhere")
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
         wanted = {"n": n, "seed": int(spec.data.seed), "config": config.to_dict()}
+        if split == "elsewhere":  # a change of drawing re-exports the set
+            from ..bench.elsewhere import DRAWING
+
+            wanted["drawing"] = DRAWING
         if force or {k: info.get(k) for k in wanted} != wanted:
             export_split(folder, split, n, seed=wanted["seed"], config=config, overwrite=True)
         folders[split] = folder

@@ -8,6 +8,7 @@ seeds with its 95% t interval), ``results.json``, ``plots/*.png`` (curves: mean 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -27,11 +28,12 @@ Results = Mapping[str, Mapping[int, Mapping[str, Any]]]
 
 
 def seed_scores(runs: Mapping[int, Mapping[str, Any]], section: str, task: str, key: str) -> list[float]:
-    """One score per seed, e.g. ``("final", "generation", "colour")``; seeds without it are left out."""
+    """One score per seed, e.g. ``("final", "generation", "colour")``; seeds without it are left out, and so are
+    seeds where it is NaN (no test item of that kind: a small test set whose scenes state no relation)."""
     values = []
     for run in runs.values():
         accuracy = (run.get(section) or {}).get(task, {}).get("accuracy", {})
-        if accuracy.get(key) is not None:
+        if accuracy.get(key) is not None and math.isfinite(float(accuracy[key])):
             values.append(float(accuracy[key]))
     return values
 
