@@ -93,6 +93,20 @@ def load_specs(folder: str | Path) -> list[tuple[Path, Spec, Scene]]:
 EXPORT_SPLITS = (*SPLIT_BUCKETS, "elsewhere")
 
 
+def split_info(split: str, seed: int = 0, config: ShapesConfig | None = None) -> dict:
+    """What :func:`export_split` records in ``info.json`` about how split ``split`` is made (besides ``n``): the
+    split, seed, config (with its variations) and, for ``elsewhere``, the drawing method (``"method"``, a sentence,
+    and ``"drawing"``, its parameters). Equal records mean an export that can be kept."""
+    if split not in EXPORT_SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose from {', '.join(EXPORT_SPLITS)}")
+    info = {"split": split, "seed": seed, "config": (config or ShapesConfig()).to_dict()}
+    if split == "elsewhere":
+        from .elsewhere import DRAWING, METHOD
+
+        info["method"], info["drawing"] = METHOD, DRAWING
+    return info
+
+
 def export_split(
     out: str | Path,
     split: str,
@@ -102,19 +116,15 @@ def export_split(
     overwrite: bool = False,
 ) -> Path:
     """Generate split ``split`` (``n`` samples, ``seed``; ``"elsewhere"``: the test scenes drawn by another method)
-    and write it to ``out``. ``info.json`` records the split, seed, config (with its variations) and, for
-    ``elsewhere``, the drawing method (``"method"``, a sentence, and ``"drawing"``, its parameters)."""
+    and write it to ``out``, with :func:`split_info` in ``info.json``."""
     cfg = config or ShapesConfig()
-    info = {"split": split, "seed": seed, "config": cfg.to_dict()}
+    info = split_info(split, seed, cfg)
     if split == "elsewhere":
-        from .elsewhere import DRAWING, METHOD, make_elsewhere
+        from .elsewhere import make_elsewhere
 
         samples = make_elsewhere(n, seed, cfg)
-        info["method"], info["drawing"] = METHOD, DRAWING
-    elif split in SPLIT_BUCKETS:
-        samples = make_split(split, n, seed, cfg)
     else:
-        raise ConfigError(f"unknown split {split!r}; choose from {', '.join(EXPORT_SPLITS)}")
+        samples = make_split(split, n, seed, cfg)
     return export_samples(samples, out, info=info, overwrite=overwrite)
 
 

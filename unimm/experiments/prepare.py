@@ -33,12 +33,13 @@ SPLITS = ("train", "test", "elsewhere")
 
 
 def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, Path]:
-    """Export the splits (kept if already there with the same size, seed and variations); returns split -> folder.
+    """Export the splits (kept if already there, made the same way: :func:`unimm.bench.export.split_info`); returns
+    split -> folder.
 
     ``elsewhere`` (test scenes drawn by another method, :mod:`unimm.bench.elsewhere`) is exported when
     ``data.elsewhere`` > 0; ``data.variations`` varies what should not matter in the train and test renders.
     """
-    from ..bench.export import export_split
+    from ..bench.export import export_split, split_info
     from ..bench.shapes import ShapesConfig
 
     folders = {}
@@ -52,11 +53,7 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
         folder = out / "data" / split
         config = ShapesConfig(variations=variations and split != "elsewhere")
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
-        wanted = {"n": n, "seed": int(spec.data.seed), "config": config.to_dict()}
-        if split == "elsewhere":  # a change of drawing re-exports the set
-            from ..bench.elsewhere import DRAWING
-
-            wanted["drawing"] = DRAWING
+        wanted = {"n": n, **split_info(split, int(spec.data.seed), config)}  # a change of drawing re-exports
         if force or {k: info.get(k) for k in wanted} != wanted:
             export_split(folder, split, n, seed=wanted["seed"], config=config, overwrite=True)
         folders[split] = folder
