@@ -118,7 +118,7 @@ class UnifiedModel(nn.Module):
                 f"{int(emb_mask.sum())} feature tokens; build batches with the model's own processor"
             )
         embeds = embeds.clone()
-        embeds[images_seq_mask] = features[emb_mask]
+        embeds[images_seq_mask] = features[emb_mask].to(embeds.dtype)  # autocast: bf16 features, fp32 table
         return embeds
 
     def forward(

@@ -64,6 +64,25 @@ def test_loss_falls_on_a_small_fixed_data_set(case, tmp_path):
     assert np.mean(curve[-3:]) < 0.85 * np.mean(curve[:3]), curve
 
 
+@pytest.mark.parametrize("case", ["janus_tiny", "janusflow_tiny"])
+def test_bf16_mixed_precision_trains_every_task(case, tmp_path):
+    """bf16 autocast (the default on CUDA GPUs): each task's step runs, and its loss is finite.
+
+    Under autocast the understanding encoder's features come out in bfloat16 while the token embeddings stay
+    float32; writing one into the other once failed ("Index put requires the source and destination dtypes match").
+    """
+    stage = {"name": "fit", "steps": 3, "trainable": ["und_aligner", "backbone", "generator"],
+             "mixture": {"und": 1, "t2i": 1, "text": 1}, "lr": 1e-3}
+    model, processor, cfg = run_config(case, tmp_path, [stage], mixed_precision="bf16")
+    trainer = Trainer(cfg, model=model, processor=processor)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    for task in ("understanding", "generation", "text"):
+        stage = {**stage, "name": task, "mixture": {{"understanding": "und", "generation": "t2i"}.get(task, task): 1}}
+        assert trainer.run_stage(0, stage)
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 9 and all(np.isfinite(curve)), curve
+
+
 def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     """JanusFlow: the flow loss draws noise and times, so this also checks that RNG states are restored."""
     stages = [{"name": "one", "steps": 2, "trainable": ["und_aligner", "generator.encoder_aligner"],
