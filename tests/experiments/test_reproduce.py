@@ -160,6 +160,7 @@ def test_bad_experiment_files_fail_clearly(tmp_path):
      "init_from goes round in a circle (janus -> janusflow -> janus)"),
     (["experiments.janus.init_from=nowhere/model"], None, "'nowhere/model' is neither an experiment of this file"),
     (["data.tset=5"], None, "data: unknown key 'tset'"),
+    (["und_encoder_pretraining.stesp=5"], None, "und_encoder_pretraining: unknown key 'stesp'"),
 ])
 def test_bad_budgets_seeds_and_steps_fail_in_one_line(overrides, budget, message):
     with pytest.raises(ConfigError) as error:

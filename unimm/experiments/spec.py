@@ -30,6 +30,7 @@ EXPERIMENTS_KEYS = ("data", "budget", "budgets", "autoencoders", "und_encoder_pr
 DATA_KEYS = ("seed", "train", "test", "elsewhere", "variations")
 BUDGET_KEYS = ("steps", "evals", "seeds")
 EXPERIMENT_KEYS = ("config", "overrides", "pretrained_und_encoder", "steps", "init_from")
+PRETRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # pretrain_encoder's settings
 
 
 def load_experiments(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
@@ -69,6 +70,7 @@ def _check_keys(node: Any, allowed, where: str) -> None:
 def _check(spec: DictConfig) -> None:
     """One-line errors for the mistakes an experiments file can hold."""
     _check_keys(spec.get("data"), DATA_KEYS, "data")
+    _check_keys(spec.get("und_encoder_pretraining"), PRETRAINING_KEYS, "und_encoder_pretraining")
     _check_keys({k: v for k, v in (spec.get("budget") or {}).items() if k != "profile"}, BUDGET_KEYS, "budget")
     if not spec.get("experiments"):
         raise ConfigError("experiments file: 'experiments' is empty; name at least one {config, overrides}")
