@@ -32,6 +32,14 @@ attention output (h, SDPA keeps no attention matrix) and the MLP's gate, up, SiL
 encoders keep nothing (their inputs need no gradient); CUDA context and allocator slack (~1-2 GB) come on top.
 
     python benchmarks/train_step.py --repeats 3 --steps 5        # about 4 minutes on 2 CPU cores
+
+**Profile** (``--profile``): where the time of a real training step goes, for the shapes benchmark's Janus
+(``configs/shapes/janus.yaml`` with ``configs/recipes/shapes.yaml``, the ViT frozen as in ``unimm reproduce``):
+the Trainer runs ``--steps`` steps on a freshly exported varied split under cProfile, and the table gives each
+part's share of the training thread's time (the data column is the time spent *waiting* for the next batch, which
+is built in a background thread)::
+
+    python benchmarks/train_step.py --profile --steps 60         # about a minute
 """
 
 from __future__ import annotations
@@ -149,6 +157,58 @@ def estimate(config: str, batch: int, seq: int, r: int = 16) -> list[dict]:
     return rows
 
 
+# -- profile ----------------------------------------------------------------------------------------------------
+PROFILED = {  # part -> the function whose cumulative time it is (file suffix, function name)
+    "waiting for data": ("unimm/data/prefetch.py", "next_batch"),
+    "forward, understanding": ("unimm/model.py", "understanding_loss"),
+    "  of which the frozen ViT": ("unimm/model.py", "encode_images"),
+    "forward, generation": ("unimm/model.py", "generation_loss"),
+    "  of which the frozen VQ tokenizer": ("unimm/generation/autoencoder.py", "tokenize"),
+    "  LLM forward (both tasks)": ("unimm/backbones/causal_lm.py", "forward"),
+    "backward": ("torch/autograd/__init__.py", "backward"),
+    "gradient clipping": ("accelerate/accelerator.py", "clip_grad_norm_"),
+    "AdamW": ("torch/optim/adam.py", "step"),  # torch.optim.AdamW is an Adam
+}
+
+
+def profile_shapes(steps: int, threads: int) -> None:
+    """cProfile of ``steps`` training steps of the shapes Janus (see the module docstring)."""
+    import cProfile
+    import pstats
+    import tempfile
+
+    import torch
+
+    from unimm.bench.export import export_split
+    from unimm.bench.shapes import ShapesConfig
+    from unimm.config import load_config
+    from unimm.train import Trainer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = export_split(Path(tmp) / "train", "train", 512, seed=0, config=ShapesConfig(variations=True))
+        cfg = load_config("shapes/janus", [
+            "train=@recipes/shapes", f"train.output_dir={tmp}/run", f"train.stages.0.steps={steps}",
+            "train.stages.0.trainable=[und_aligner,backbone,generator]", "train.log_every=1000000",
+            f"train.data.sources.und.jsonl={data / 'und.jsonl'}", f"train.data.sources.t2i.jsonl={data / 't2i.jsonl'}"])
+        trainer = Trainer(cfg)
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.enable()
+        trainer.run_stage(0, trainer.settings["stages"][0])
+        profiler.disable()
+        total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+    print(f"shapes Janus (batch {cfg.train.batch_size}, und : t2i = 1 : 1), {steps} steps, {threads} torch thread(s): "
+          f"{total / steps * 1000:.0f} ms a step")
+    print("| part | share of the step |")
+    print("|---|---:|")
+    for part, (suffix, name) in PROFILED.items():
+        seconds = max((v[3] for (file, _, func), v in stats.items() if file.endswith(suffix) and func == name),
+                      default=0.0)
+        print(f"| {part} | {100 * seconds / total:.1f}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -160,8 +220,13 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024, help="sequence length of the estimates (576 image tokens "
                         "+ prompt for generation at 384 px)")
     parser.add_argument("--estimate-batch", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="profile the shapes Janus's training step instead")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of --profile (default: 1)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        profile_shapes(args.steps, args.threads)
+        return
     if args.child:
         print(json.dumps(measure(*args.child, args.batch, args.steps, args.device)))
         return

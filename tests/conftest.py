@@ -25,3 +25,17 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one state per process, with the first Trainer's mixed precision: call this to let the next
+    Trainer choose another (the test ends with a fresh state for the next test too)."""
+    from accelerate.state import AcceleratorState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+    reset()
+    yield reset
+    reset()

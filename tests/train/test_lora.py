@@ -139,7 +139,7 @@ def test_gradient_checkpointing_with_lora_gives_the_same_losses(shapes_split, tm
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
-def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path):
+def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path, fresh_accelerate_state):
     """``lora.base_dtype: bfloat16`` (the small-GPU recipe): the base loads in bfloat16 and stays unchanged; the
     adapters and a part the stage trains in full are float32."""
     cfg = lora_config(shapes_split, tmp_path, {"und": 1, "t2i": 1}, 2, trainable=["und_aligner"])
@@ -147,15 +147,9 @@ def test_a_bfloat16_base_trains_float32_adapters(shapes_split, tmp_path):
     with pytest.raises(ConfigError, match=r"^train.lora.base_dtype = bfloat16 needs train.mixed_precision: bf16 "):
         Trainer(cfg)
     cfg["train"]["mixed_precision"] = "bf16"
-    # accelerate keeps one state per process, with the first run's precision: start this run afresh, and end it so
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        trainer = Trainer(cfg)
-        final = trainer.fit()
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    fresh_accelerate_state()  # the Trainer above fixed this process's precision to "no"
+    trainer = Trainer(cfg)
+    final = trainer.fit()
     base = unimm.load_pretrained(GOLDEN_JANUS, dtype="bfloat16").model.state_dict()
     for name, param in trainer.model.named_parameters():
         if ".lora_" in name or name.startswith("und_aligner."):

@@ -65,7 +65,7 @@ def test_loss_falls_on_a_small_fixed_data_set(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["janus_tiny", "janusflow_tiny"])
-def test_bf16_mixed_precision_trains_every_task(case, tmp_path):
+def test_bf16_mixed_precision_trains_every_task(case, tmp_path, fresh_accelerate_state):
     """bf16 autocast (the default on CUDA GPUs): each task's step runs, and its loss is finite.
 
     Under autocast the understanding encoder's features come out in bfloat16 while the token embeddings stay

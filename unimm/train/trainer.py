@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import MixtureLoader, TaskBatch, TaskSampler, build_streams, caption_dropout_of
+from ..data.prefetch import BatchPrefetcher
 from ..images import save_images
 from ..registry import ConfigError, to_plain
 from ..registry.errors import did_you_mean
@@ -240,13 +241,16 @@ class Trainer:
                 if isinstance(value, (int, float)) and key != "step":
                     self._tb.add_scalar(key, value, record["step"])
 
-    def _reduce_means(self, sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
-        """Means across processes of per-key sums (every process has the same keys: tasks are drawn in step)."""
+    def _reduce_means(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+        """Means across processes of per-key sums (every process has the same keys: tasks are drawn in step);
+        the one host synchronisation of a logging window."""
         keys = sorted(sums)
         if not keys:
             return {}
-        values = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64,
-                              device=self.accelerator.device)
+        device = self.accelerator.device
+        values = torch.stack([torch.stack([torch.as_tensor(sums[k], device=device).to(torch.float64),
+                                           torch.tensor(float(counts[k]), dtype=torch.float64, device=device)])
+                              for k in keys])
         values = self.accelerator.reduce(values, reduction="sum")
         return {k: float(values[i, 0] / values[i, 1]) for i, k in enumerate(keys)}
 
@@ -337,24 +341,34 @@ class Trainer:
         self.model.train()
         frozen_parts_to_eval(self.model)
         steps = int(stage["steps"])
-        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.is_main:
             logger.info("stage %s: %d steps, %d trainable parameters in %d tensors", stage["name"], steps,
-                        sum(p.numel() for p in params), len(trainable))
+                        sum(p.numel() for p in self.model.parameters() if p.requires_grad), len(trainable))
+        with BatchPrefetcher(loader, (steps - start) * int(s["grad_accum"])) as batches:
+            stopped = self._train_steps(index, stage, wrapped, optimizer, scheduler, batches, start, steps)
+        self._report_skips(stage["name"], loader)
+        if not stopped:
+            self.write_samples(f"{stage['name']}-end")
+        return not stopped
+
+    def _train_steps(self, index: int, stage: dict[str, Any], wrapped: nn.Module, optimizer: Any, scheduler: Any,
+                     batches: BatchPrefetcher, start: int, steps: int) -> bool:
+        """Steps ``start`` to ``steps`` of a stage; returns True when ``stop_after`` ended the launch first."""
+        s, acc = self.settings, self.accelerator
+        params = [p for p in self.model.parameters() if p.requires_grad]
         samples_per_step = int(s["batch_size"]) * int(s["grad_accum"]) * acc.num_processes
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, desc=stage["name"], disable=not (self.is_main and s["progress"]),
                    dynamic_ncols=True)
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, torch.Tensor] = {}  # on the device: read (one sync) only when a line is logged
         counts: dict[str, int] = defaultdict(int)
         window_start, window_steps = time.perf_counter(), 0
         save_every, log_every = int(s["save_every"] or 0), max(1, int(s["log_every"]))
-        stopped = False
         for stage_step in range(start, steps):
             grad_norm = None
             for _ in range(int(s["grad_accum"])):
-                batch: TaskBatch = loader.next_batch()
+                batch: TaskBatch = batches.next_batch()
                 with acc.accumulate(wrapped):
                     loss, parts = wrapped(batch.task, self._to_device(batch.inputs))
                     acc.backward(loss)
@@ -363,13 +377,11 @@ class Trainer:
                             grad_norm = acc.clip_grad_norm_(params, float(s["max_grad_norm"]))
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
-                value = float(loss.detach())
-                for key in ("loss", f"loss/{batch.task}"):
-                    sums[key] += value
+                values = {"loss": loss, f"loss/{batch.task}": loss,
+                          **{f"{batch.task}/{key}": part for key, part in parts.items()}}
+                for key, value in values.items():
+                    sums[key] = sums[key] + value.detach() if key in sums else value.detach()
                     counts[key] += 1
-                for key, part in parts.items():
-                    sums[f"{batch.task}/{key}"] += float(part)
-                    counts[f"{batch.task}/{key}"] += 1
             scheduler.step()
             self.global_step += 1
             window_steps += 1
@@ -379,7 +391,7 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": self.global_step, "stage": stage["name"], "stage_step": done, **means,
                           "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_step * window_steps / elapsed,
-                          "skipped": loader.skips.total}
+                          "skipped": batches.skipped}
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                 record.update({f"epoch/{name}": round(stream.epoch, 4)
@@ -397,7 +409,7 @@ class Trainer:
                     acc, self.output_dir / "checkpoints", self.global_step,
                     {"stage_index": index, "stage": stage["name"], "stage_step": done,
                      "global_step": self.global_step},
-                    scheduler, loader.state_dict(), keep_last=int(s["keep_last"]),
+                    scheduler, batches.state_dict(), keep_last=int(s["keep_last"]),
                 )
             if interrupted:
                 bar.close()
@@ -405,15 +417,12 @@ class Trainer:
             if s["sample_every"] and done % int(s["sample_every"]) == 0 and done != steps:
                 self.write_samples(f"step-{self.global_step:08d}")
             if stop:
-                stopped = True
-                break
+                bar.close()
+                return True
             if window_steps == 0:  # do not count checkpoint and sample time in the next throughput window
                 window_start = time.perf_counter()
         bar.close()
-        self._report_skips(stage["name"], loader)
-        if not stopped:
-            self.write_samples(f"{stage['name']}-end")
-        return not stopped
+        return False
 
     def _report_skips(self, stage: str, loader: MixtureLoader) -> None:
         from accelerate.utils import gather_object
