@@ -39,7 +39,7 @@ the Trainer runs ``--steps`` steps on a freshly exported varied split under cPro
 part's share of the training thread's time (the data column is the time spent *waiting* for the next batch, which
 is built in a background thread)::
 
-    python benchmarks/train_step.py --profile --steps 60         # about a minute
+    python benchmarks/train_step.py --profile --steps 60         # about a minute (--bf16: under bf16 autocast)
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ PROFILED = {  # part -> the function whose cumulative time it is (file suffix, f
 }
 
 
-def profile_shapes(steps: int, threads: int) -> None:
+def profile_shapes(steps: int, threads: int, bf16: bool = False) -> None:
     """cProfile of ``steps`` training steps of the shapes Janus (see the module docstring)."""
     import cProfile
     import pstats
@@ -190,6 +190,7 @@ def profile_shapes(steps: int, threads: int) -> None:
         cfg = load_config("shapes/janus", [
             "train=@recipes/shapes", f"train.output_dir={tmp}/run", f"train.stages.0.steps={steps}",
             "train.stages.0.trainable=[und_aligner,backbone,generator]", "train.log_every=1000000",
+            f"train.mixed_precision={'bf16' if bf16 else 'no'}",
             f"train.data.sources.und.jsonl={data / 'und.jsonl'}", f"train.data.sources.t2i.jsonl={data / 't2i.jsonl'}"])
         trainer = Trainer(cfg)
         profiler = cProfile.Profile()
@@ -199,8 +200,8 @@ def profile_shapes(steps: int, threads: int) -> None:
         profiler.disable()
         total = time.perf_counter() - start
     stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
-    print(f"shapes Janus (batch {cfg.train.batch_size}, und : t2i = 1 : 1), {steps} steps, {threads} torch thread(s): "
-          f"{total / steps * 1000:.0f} ms a step")
+    print(f"shapes Janus (batch {cfg.train.batch_size}, und : t2i = 1 : 1, {'bf16 autocast' if bf16 else 'float32'}), "
+          f"{steps} steps, {threads} torch thread(s): {total / steps * 1000:.0f} ms a step")
     print("| part | share of the step |")
     print("|---|---:|")
     for part, (suffix, name) in PROFILED.items():
@@ -222,10 +223,11 @@ def main() -> None:
     parser.add_argument("--estimate-batch", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="profile the shapes Janus's training step instead")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of --profile (default: 1)")
+    parser.add_argument("--bf16", action="store_true", help="--profile under bfloat16 autocast")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
-        profile_shapes(args.steps, args.threads)
+        profile_shapes(args.steps, args.threads, args.bf16)
         return
     if args.child:
         print(json.dumps(measure(*args.child, args.batch, args.steps, args.device)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 import unimm
@@ -129,6 +130,8 @@ def test_train_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"train.stages\[s\].learning_rate: unknown key"):
         train_settings(cfg)
     del cfg.train.stages[0]["learning_rate"]
+    cfg.train.mixed_precision = OmegaConf.create("p: no").p  # YAML's unquoted no is false: it means "no"
+    assert cfg.train.mixed_precision is False and train_settings(cfg)["mixed_precision"] == "no"
     cfg.train.resume = str(tmp_path)
     with pytest.raises(unimm.CheckpointError, match="not a checkpoint folder"):
         Trainer(cfg, model=model, processor=processor).fit()

@@ -119,7 +119,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "seed": integer(0),
     "resume": optional(TEXT),  # latest, or a checkpoint folder
     "init_from": optional(TEXT),
-    "mixed_precision": one_of(*MIXED_PRECISION),
+    # False too: YAML and the command line read an unquoted `no` as false (train_settings maps it back to "no")
+    "mixed_precision": Rule(lambda v: v in MIXED_PRECISION or v is False, "one of " + ", ".join(MIXED_PRECISION)),
     "batch_size": integer(1),
     "grad_accum": integer(1),
     "max_grad_norm": optional(number(0)),

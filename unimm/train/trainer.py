@@ -80,6 +80,8 @@ def train_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if not raw.get("stages"):
         raise ConfigError("train.stages is empty: give at least one stage with steps, trainable, mixture and lr")
     settings = {**TRAIN_DEFAULTS, **raw}
+    if settings["mixed_precision"] is False:  # `mixed_precision: no` unquoted
+        settings["mixed_precision"] = "no"
     settings["samples"] = {**TRAIN_DEFAULTS["samples"], **(raw.get("samples") or {})}
     settings["data"] = {**TRAIN_DEFAULTS["data"], **(raw.get("data") or {})}
     stages = settings["stages"]
