@@ -195,3 +195,28 @@ def test_the_command_exports_varied_and_elsewhere_splits(tmp_path, capsys):
     assert cli_main(["bench", "export", str(tmp_path / "x"), "--split", "elsewhere", "--n", "1", "--variations"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "drop --variations" in lines[0]
+
+
+def test_plain_targets_draw_the_same_scenes_on_the_plain_ground(tmp_path):
+    config = ShapesConfig(variations=True, plain_targets=True)
+    folder = export_split(tmp_path / "train", "train", 40, 0, config)
+    info = json.loads((folder / "info.json").read_text())
+    assert info["config"]["generation_targets"] == "plain" and "generation_targets" not in VARIED.to_dict()
+    t2i = [json.loads(line) for line in (folder / "t2i.jsonl").read_text().splitlines()]
+    und = [json.loads(line) for line in (folder / "und.jsonl").read_text().splitlines()]
+    assert all(r["image"].startswith("plain/") for r in t2i) and all(r["image"].startswith("images/") for r in und)
+    # the same scenes, images and questions as without the option; only the targets differ
+    varied = export_split(tmp_path / "varied", "train", 40, 0, VARIED)
+    assert (folder / "und.jsonl").read_text() == (varied / "und.jsonl").read_text()
+    assert [r["caption"] for r in t2i] == [json.loads(line)["caption"]
+                                           for line in (varied / "t2i.jsonl").read_text().splitlines()]
+    specs = load_specs(folder)
+    for (path, _, scene), record in zip(specs, t2i):
+        with Image.open(folder / record["image"]) as plain, Image.open(path) as drawn:
+            assert plain.size == drawn.size
+            assert plain.convert("RGB").getpixel((0, 0)) == BACKGROUND  # the plain ground
+    images = load_image_tensor([folder / r["image"] for r in t2i], 32)
+    scores = evaluate_generation(images, [s for _, s, _ in specs], value_range=(-1, 1))
+    assert scores["accuracy"]["overall"] >= 0.95, scores["accuracy"]
+    with pytest.raises(ConfigError, match="plain_targets: true needs variations: true"):
+        ShapesConfig(plain_targets=True)

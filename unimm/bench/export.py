@@ -4,7 +4,9 @@ One folder per split::
 
     <out>/
       images/000000.png ...        rendered scenes
+      plain/000000.png ...         with ShapesConfig.plain_targets: the same scenes on the plain ground
       t2i.jsonl                    {"image": "images/000000.png", "caption": "a red circle above a blue square"}
+                                    (the plain/ image with plain_targets)
       und.jsonl                    {"image": ..., "conversations": [{"role": "user", "content": "<image>\\nwhat
                                     colour is the circle?"}, {"role": "assistant", "content": "red"}],
                                     "qtype": "colour"}   (one line per question)
@@ -42,9 +44,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def export_samples(
-    samples: list[Sample], out: str | Path, *, info: dict | None = None, overwrite: bool = False
+    samples: list[Sample], out: str | Path, *, info: dict | None = None, overwrite: bool = False,
+    plain_targets: bool = False,
 ) -> Path:
-    """Write ``samples`` (from :func:`make_split`) to the folder ``out``; returns its path.
+    """Write ``samples`` (from :func:`make_split`) to the folder ``out``; returns its path. ``plain_targets``:
+    ``t2i.jsonl`` points at each scene drawn on the plain ground (``plain/``, :meth:`Sample.plain_image`).
 
     Refuses to write into a folder that already holds manifests unless ``overwrite`` is set.
     """
@@ -52,11 +56,17 @@ def export_samples(
     if not overwrite and any((out / name).exists() for name in MANIFESTS):
         raise ConfigError(f"{out} already holds an exported split; pass overwrite=True (--overwrite) or a new folder")
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if plain_targets:
+        (out / "plain").mkdir(exist_ok=True)
     t2i, und, spec = [], [], []
     for s in samples:
         rel = f"images/{s.index:06d}.png"
         s.image().save(out / rel)
-        t2i.append({"image": rel, "caption": s.caption})
+        target = rel
+        if plain_targets:
+            target = f"plain/{s.index:06d}.png"
+            s.plain_image().save(out / target)
+        t2i.append({"image": target, "caption": s.caption})
         for qa in s.qa:
             und.append(
                 {
@@ -125,7 +135,8 @@ def export_split(
         samples = make_elsewhere(n, seed, cfg)
     else:
         samples = make_split(split, n, seed, cfg)
-    return export_samples(samples, out, info=info, overwrite=overwrite)
+    plain = cfg.plain_targets and split != "elsewhere"  # that set is only for understanding
+    return export_samples(samples, out, info=info, overwrite=overwrite, plain_targets=plain)
 
 
 def build_parser(prog: str = "unimm bench export") -> argparse.ArgumentParser:
@@ -140,6 +151,8 @@ def build_parser(prog: str = "unimm bench export") -> argparse.ArgumentParser:
     p.add_argument("--max-shapes", type=int, default=2, help="most shapes per image (default: 2)")
     p.add_argument("--variations", action="store_true",
                    help="vary render size, shape size, background and anti-aliasing per image (unimm.bench.shapes)")
+    p.add_argument("--plain-targets", action="store_true",
+                   help="with --variations: text-to-image targets drawn on the plain ground (plain/, t2i.jsonl)")
     p.add_argument("--overwrite", action="store_true", help="replace an exported split already in OUT")
     return p
 
@@ -148,7 +161,7 @@ def export_main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``unimm bench export OUT [--split S] [--n N] [--seed K] [--image-size P] ...``."""
     args = build_parser().parse_args(argv)
     cfg = ShapesConfig(image_size=args.image_size, min_shapes=args.min_shapes, max_shapes=args.max_shapes,
-                       variations=args.variations)
+                       variations=args.variations, plain_targets=args.plain_targets)
     out = export_split(args.out, args.split, args.n, args.seed, cfg, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} images to {out}")
     return 0

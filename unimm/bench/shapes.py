@@ -389,6 +389,10 @@ class Sample:
         """The rendered scene (``PIL.Image``, RGB)."""
         return self.scene.render()
 
+    def plain_image(self) -> Image.Image:
+        """The same shapes at the same side on the plain ground, anti-aliased (``ShapesConfig.plain_targets``)."""
+        return Scene(self.scene.image_size, self.scene.shapes).render()
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
@@ -412,6 +416,10 @@ class ShapesConfig:
             size, the background's colour and brightness (one that :func:`separates` from the palette colours: 80
             RGB away from each, edge blends nearest their own colour) and anti-aliasing. Scenes, captions and
             questions keep their meaning.
+        plain_targets: with ``variations``, the text-to-image targets are the same scenes drawn on the plain ground
+            (:data:`BACKGROUND`, anti-aliased, at the scene's side; :meth:`Sample.plain_image`): a caption says which
+            shapes are where, not the ground, so a varied ground would be entropy the prompt cannot control. The
+            images to understand stay varied.
     """
 
     image_size: int = 32
@@ -424,10 +432,14 @@ class ShapesConfig:
     min_gap: int | None = None
     background: tuple[int, int, int] = field(default=BACKGROUND)
     variations: bool = False
+    plain_targets: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.variations, bool):
-            raise ConfigError(f"variations must be true or false, got {self.variations!r}")
+        for name in ("variations", "plain_targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.plain_targets and not self.variations:
+            raise ConfigError("plain_targets: true needs variations: true (without variations every image is plain)")
         if not 16 <= self.image_size <= 256:
             raise ConfigError(f"image_size={self.image_size} is outside 16..256; use e.g. 32 or 64")
         if not 1 <= self.min_shapes <= self.max_shapes <= MAX_SHAPES:
@@ -477,6 +489,7 @@ class ShapesConfig:
             "min_gap": self.gap,
             "background": list(self.background),
             **({"variations": VARIATIONS} if self.variations else {}),
+            **({"generation_targets": "plain"} if self.plain_targets else {}),
         }
 
 

@@ -3,14 +3,16 @@ pre-trained understanding encoder.
 
 * :func:`prepare_data`: exports the train and test splits (and the drawn-elsewhere set) into ``OUT/data``.
 * :func:`autoencoder_jobs` / :func:`train_one_autoencoder`: each autoencoder type the experiments use (the VQ
-  tokenizer, the KL VAE) is trained on the training images into ``OUT/autoencoders/<type>`` and its
-  reconstructions scored with the checker (the ceiling for generation through it).
+  tokenizer, the KL VAE) is trained on the training split's text-to-image targets into
+  ``OUT/autoencoders/<type>`` and its reconstructions scored with the checker (the ceiling for generation
+  through it).
 * :func:`encoder_job` / :func:`pretrain_und_encoder`: if an experiment asks for ``pretrained_und_encoder``, the
   understanding encoder is pre-trained once on the training images' object labels into
   ``OUT/encoders/und_encoder``.
 
 Each keeps a ``result.json`` beside what it trained; a rerun reads it instead of training again, unless the
-experiments file now asks for other settings (then it trains anew). They are shared by
+experiments file now asks for other settings or the training split was made otherwise (then it trains anew,
+:func:`train_data`). They are shared by
 every seed of every experiment (as the papers take their tokenizer and SigLIP as given), so they are trained with
 the first seed of ``budget.seeds``.
 """
@@ -37,13 +39,15 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
     split -> folder.
 
     ``elsewhere`` (test scenes drawn by another method, :mod:`unimm.bench.elsewhere`) is exported when
-    ``data.elsewhere`` > 0; ``data.variations`` varies what should not matter in the train and test renders.
+    ``data.elsewhere`` > 0; ``data.variations`` varies what should not matter in the train and test renders, and
+    ``data.plain_targets`` draws the text-to-image targets on the plain ground (``ShapesConfig.plain_targets``).
     """
     from ..bench.export import export_split, split_info
     from ..bench.shapes import ShapesConfig
 
     folders = {}
     variations = bool(spec.data.get("variations", False))
+    plain_targets = bool(spec.data.get("plain_targets", False))
     for split in SPLITS:
         n = int(spec.data.get(split) or 0)
         if n <= 0:
@@ -51,13 +55,26 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
                 raise ConfigError(f"data.{split} must be a number of images >= 1, got {spec.data.get(split)!r}")
             continue
         folder = out / "data" / split
-        config = ShapesConfig(variations=variations and split != "elsewhere")
+        config = ShapesConfig(variations=variations and split != "elsewhere",
+                              plain_targets=plain_targets and split != "elsewhere")
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
         wanted = {"n": n, **split_info(split, int(spec.data.seed), config)}  # a change of drawing re-exports
         if force or {k: info.get(k) for k in wanted} != wanted:
             export_split(folder, split, n, seed=wanted["seed"], config=config, overwrite=True)
         folders[split] = folder
     return folders
+
+
+def train_data(data: dict[str, Path]) -> dict[str, Any]:
+    """How the training images were made (their ``info.json``): a part trained on other images is trained again."""
+    return json.loads((data["train"] / "info.json").read_text())
+
+
+def generation_targets(folder: Path) -> list[Path]:
+    """The text-to-image target of each image of an exported split, in order (what an autoencoder will encode)."""
+    from ..bench.export import read_jsonl
+
+    return [folder / r["image"] for r in read_jsonl(folder / "t2i.jsonl")]
 
 
 def image_size(folder: Path) -> int:
@@ -86,7 +103,8 @@ def autoencoder_jobs(spec: DictConfig) -> dict[str, dict]:
 
 def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, data: dict[str, Path],
                           force: bool = False) -> dict[str, Any]:
-    """Train the ``kind`` autoencoder on the training images; returns its wall time and reconstruction scores."""
+    """Train the ``kind`` autoencoder on the training split's text-to-image targets (what it will encode); returns
+    its wall time and its reconstruction scores on the test split's targets."""
     from ..bench import evaluate_generation, load_specs
     from ..registry import AUTOENCODERS
     from ..train.autoencoder import load_image_tensor, reconstruct, train_autoencoder
@@ -96,23 +114,23 @@ def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, da
     settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
     if result_file.is_file() and not force:
         kept = json.loads(result_file.read_text())
-        if kept.get("settings") == settings:  # trained as the file now asks: keep it
+        if kept.get("settings") == settings and kept.get("data") == train_data(data):  # as now asked: keep it
             return kept
     started = time.time()
     size = image_size(data["train"])
-    images = load_image_tensor(sorted((data["train"] / "images").glob("*.png")), size)
+    images = load_image_tensor(generation_targets(data["train"]), size)
     start = time.perf_counter()
     train_autoencoder(slot, images, folder, seed=int(spec.budget.seeds[0]), **settings)
     seconds = time.perf_counter() - start
     model = AUTOENCODERS.build({"type": kind, "path": str(folder)}, where=f"autoencoders.{kind}",
                                inferred={"image_size": size} if kind == "llamagen_vq" else {})
     tests = load_specs(data["test"])
-    test_images = load_image_tensor([p for p, _, _ in tests], size)
+    test_images = load_image_tensor(generation_targets(data["test"]), size)
     recon = reconstruct(model, test_images)
     scores = evaluate_generation(recon, [s for _, s, _ in tests], value_range=(-1, 1))
     shown = min(16, len(test_images))  # test images on top, their reconstructions below
     save_grid(torch.cat([test_images[:shown], recon[:shown]]), out / "grids" / f"autoencoder_{kind}.png", nrow=shown)
-    result = {"seconds": round(seconds, 1), "settings": settings,
+    result = {"seconds": round(seconds, 1), "settings": settings, "data": train_data(data),
               "mse": float(((recon - test_images) ** 2).mean()), "checker": scores["accuracy"],
               "started": round(started, 1), "finished": round(time.time(), 1)}
     result_file.write_text(json.dumps(result, indent=2) + "\n")
@@ -153,7 +171,8 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     result_file = folder / "result.json"
     if result_file.is_file() and not force:
         kept = json.loads(result_file.read_text())
-        if kept.get("settings") == dict(OmegaConf.to_container(spec.und_encoder_pretraining)):
+        if (kept.get("settings") == dict(OmegaConf.to_container(spec.und_encoder_pretraining))
+                and kept.get("data") == train_data(data)):
             return kept
 
     def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
@@ -168,7 +187,8 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     names = [f"{colour} {kind}" for colour in benchmark["colours"] for kind in benchmark["kinds"]]
     result = pretrain_encoder(slot, images, labels, folder, seed=int(spec.budget.seeds[0]),
                               held_out=labelled("test"), label_names=names, **settings)
-    result = {"type": slot["type"], "settings": settings, **{k: v for k, v in result.items() if k != "path"},
+    result = {"type": slot["type"], "settings": settings, "data": train_data(data),
+              **{k: v for k, v in result.items() if k != "path"},
               "started": round(started, 1), "finished": round(time.time(), 1)}
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -204,7 +204,7 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
             extra += f", starts from `{r['init_from']}`"
         lines.append(f"- **{name}** ({len(per_seed)} seeds): `{r['config']}` + `train=@recipes/shapes`, {extra}; "
                      f"sampling {r['sample'] or '-'}")
-    lines += ["", "## Autoencoders (trained once on the benchmark's training images, shared by every run)", "",
+    lines += ["", "## Autoencoders (trained once on the training split's text-to-image targets, shared by every run)", "",
               "| type | train min | test MSE | checker overall on reconstructions |", "|---|---:|---:|---:|"]
     for kind, a in autoencoders.items():
         lines.append(f"| {kind} | {a['seconds'] / 60:.1f} | {a['mse']:.4f} | {100 * a['checker']['overall']:.1f} |")

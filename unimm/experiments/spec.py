@@ -27,7 +27,7 @@ from ..registry import ConfigError
 DEFAULT_EXPERIMENTS = "experiments/shapes"
 DEFAULT_BUDGET = "laptop"
 EXPERIMENTS_KEYS = ("data", "budget", "budgets", "autoencoders", "und_encoder_pretraining", "sample", "experiments")
-DATA_KEYS = ("seed", "train", "test", "elsewhere", "variations")
+DATA_KEYS = ("seed", "train", "test", "elsewhere", "variations", "plain_targets")
 BUDGET_KEYS = ("steps", "evals", "seeds")
 EXPERIMENT_KEYS = ("config", "overrides", "pretrained_und_encoder", "steps", "init_from")
 PRETRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # pretrain_encoder's settings
