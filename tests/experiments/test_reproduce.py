@@ -96,24 +96,27 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
 
 @pytest.mark.slow
 def test_parts_trained_on_other_images_are_trained_again(smoke_run, tmp_path):
-    # data.plain_targets changes the training split's text-to-image targets: it is exported again, and the VQ
-    # tokenizer, which encodes those targets, and the ViT, trained on that split, are trained again on it
+    # data.plain_targets (on in the committed file) changes the training split's text-to-image targets: with it off
+    # the split is exported again, and the VQ tokenizer, which encodes those targets, and the ViT, trained on that
+    # split, are trained again on it
     import shutil
 
     from unimm.experiments.prepare import (autoencoder_jobs, encoder_job, generation_targets, prepare_data,
                                            pretrain_und_encoder, train_data, train_one_autoencoder)
 
     spec, out, _ = smoke_run
+    assert spec.data.plain_targets
     for part in ("data", "autoencoders", "encoders"):
         shutil.copytree(out / part, tmp_path / part)
-    plain = load_experiments("experiments/shapes", ["data.plain_targets=true"], budget="smoke")
-    data = prepare_data(plain, tmp_path)
-    assert all(path.parent.name == "plain" for path in generation_targets(data["train"]))
+    varied = load_experiments("experiments/shapes", ["data.plain_targets=false"], budget="smoke")
+    data = prepare_data(varied, tmp_path)
+    assert all(path.parent.name == "images" for path in generation_targets(data["train"]))
     old = json.loads((out / "autoencoders" / "llamagen_vq" / "result.json").read_text())
-    new = train_one_autoencoder(plain, "llamagen_vq", autoencoder_jobs(plain)["llamagen_vq"], tmp_path, data)
+    assert old["data"]["config"]["generation_targets"] == "plain"
+    new = train_one_autoencoder(varied, "llamagen_vq", autoencoder_jobs(varied)["llamagen_vq"], tmp_path, data)
     assert new["data"] == train_data(data) != old["data"] and new["started"] > old["finished"]
-    assert new["data"]["config"]["generation_targets"] == "plain"
-    encoder = pretrain_und_encoder(plain, encoder_job(plain), tmp_path, data)
+    assert "generation_targets" not in new["data"]["config"]
+    encoder = pretrain_und_encoder(varied, encoder_job(varied), tmp_path, data)
     assert encoder["data"] == train_data(data) and encoder["started"] > old["finished"]
 
 
