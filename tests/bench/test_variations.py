@@ -195,6 +195,12 @@ def test_the_command_exports_varied_and_elsewhere_splits(tmp_path, capsys):
     assert cli_main(["bench", "export", str(tmp_path / "x"), "--split", "elsewhere", "--n", "1", "--variations"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "drop --variations" in lines[0]
+    assert cli_main(["bench", "export", str(tmp_path / "p"), "--n", "2", "--variations", "--plain-targets"]) == 0
+    assert json.loads((tmp_path / "p" / "info.json").read_text())["config"]["generation_targets"] == "plain"
+    capsys.readouterr()
+    assert cli_main(["bench", "export", str(tmp_path / "q"), "--n", "2", "--plain-targets"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs variations" in lines[0]
 
 
 def test_plain_targets_draw_the_same_scenes_on_the_plain_ground(tmp_path):
