@@ -2,6 +2,7 @@
 a few steps each, in two worker processes."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_smoke_reproduction_writes_the_report(smoke_run):
 
 
 @pytest.mark.slow
-def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
+def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run, tmp_path):
     spec, out, _ = smoke_run
     model, processor, cfg = load_pretrained(run(out, "janusflow") / "final")
     assert cfg.model.generator.autoencoder.path is None  # the trained VAE's weights travel in the model file
@@ -81,6 +82,12 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     before = (run(out, "janus", 1) / "result.json").stat().st_mtime_ns
     reproduce(spec, out, only=["janus"])
     assert (run(out, "janus", 1) / "result.json").stat().st_mtime_ns == before
+    # a finished run made with other settings (here: sampling) is trained again, not mixed into the report
+    hotter = load_experiments("experiments/shapes", ["sample.vq.temperature=0.9"], budget="smoke")
+    reproduce(hotter, out, only=["janus"])
+    result = json.loads((run(out, "janus", 1) / "result.json").read_text())
+    assert result["sample"]["temperature"] == 0.9 and result["made"]["sample"]["temperature"] == 0.9
+    assert set(result["made"]["parts"]) == {"autoencoder llamagen_vq", "und_encoder"}
     # an autoencoder is kept while the file asks for the settings it was trained with, retrained when they change
     from unimm.experiments.prepare import autoencoder_jobs, prepare_data, train_one_autoencoder
 
@@ -91,7 +98,10 @@ def test_final_models_are_self_contained_and_a_rerun_reuses_them(smoke_run):
     train_one_autoencoder(spec, "llamagen_vq", slot, out, data)
     assert kept.stat().st_mtime_ns == before
     changed = load_experiments("experiments/shapes", ["autoencoders.llamagen_vq.steps=2"], budget="smoke")
-    assert train_one_autoencoder(changed, "llamagen_vq", slot, out, data)["settings"]["steps"] == 2
+    # retrained in a copy: the runs here must keep the autoencoder they were made with
+    shutil.copytree(out / "data", tmp_path / "data")
+    data = prepare_data(changed, tmp_path)
+    assert train_one_autoencoder(changed, "llamagen_vq", slot, tmp_path, data)["settings"]["steps"] == 2
 
 
 @pytest.mark.slow
@@ -99,8 +109,6 @@ def test_parts_trained_on_other_images_are_trained_again(smoke_run, tmp_path):
     # data.plain_targets (on in the committed file) changes the training split's text-to-image targets: with it off
     # the split is exported again, and the VQ tokenizer, which encodes those targets, and the ViT, trained on that
     # split, are trained again on it
-    import shutil
-
     from unimm.experiments.prepare import (autoencoder_jobs, encoder_job, generation_targets, prepare_data,
                                            pretrain_und_encoder, train_data, train_one_autoencoder)
 

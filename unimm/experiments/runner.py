@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..images import save_grid
-from .spec import experiment_config, experiment_steps, sample_options, seed_dir, trained_tasks
+from .spec import autoencoder_slots, experiment_config, experiment_steps, sample_options, seed_dir, trained_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,17 @@ def run_experiment(spec: DictConfig, name: str, seed: int, out: Path, data: dict
 
     run_dir = seed_dir(out, name, seed)
     result_file = run_dir / "result.json"
+    cfg = experiment_config(spec, name, out, seed, extra)
+    made = made_with(spec, name, seed, out, cfg, extra)
     if result_file.is_file() and not force:
-        return json.loads(result_file.read_text())
-    if run_dir.exists():  # forced, or interrupted part-way: start the run afresh (no appended metrics)
+        kept = json.loads(result_file.read_text())
+        if kept.get("made") == made:
+            return kept
+        logger.info("%s seed %d was trained with other settings, data or parts than the file now gives: "
+                    "training it again", name, seed)
+    if run_dir.exists():  # forced, changed, or interrupted part-way: start the run afresh (no appended metrics)
         shutil.rmtree(run_dir)
     started = time.time()
-    cfg = experiment_config(spec, name, out, seed, extra)
     tasks = trained_tasks(cfg)
     options = sample_options(spec, cfg)
     steps, evals = experiment_steps(spec, name), max(1, int(spec.budget.evals))
@@ -84,9 +89,34 @@ def run_experiment(spec: DictConfig, name: str, seed: int, out: Path, data: dict
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "started": round(started, 1), "finished": round(time.time(), 1),  # wall clock, for the report's wall time
+        "made": made,
     }
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def made_with(spec: DictConfig, name: str, seed: int, out: Path, cfg: DictConfig,
+              extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a run of experiment ``name`` depends on, kept in its ``result.json``: a finished run is kept in a later
+    sitting only while this is unchanged. Its entry in the file, steps, evals, sampling and ``extra`` overrides; how
+    the training split was made; and when the parts it starts from (its autoencoders, the pre-trained encoder, the
+    ``init_from`` run) were trained, so a part trained again trains its runs again. No paths: a reproduction moved
+    to another folder or machine keeps its runs."""
+    def finished(result_file: Path) -> float | None:
+        return json.loads(result_file.read_text()).get("finished") if result_file.is_file() else None
+
+    exp = spec.experiments[name]
+    parts = {f"autoencoder {slot.type}": finished(out / "autoencoders" / str(slot.type) / "result.json")
+             for slot in autoencoder_slots(cfg.model)}
+    if exp.get("pretrained_und_encoder"):
+        parts["und_encoder"] = finished(out / "encoders" / "und_encoder" / "result.json")
+    parent = exp.get("init_from")
+    if parent in spec.experiments:
+        parts[f"init_from {parent}"] = finished(seed_dir(out, parent, seed) / "result.json")
+    info = out / "data" / "train" / "info.json"
+    return {"experiment": OmegaConf.to_container(exp), "steps": experiment_steps(spec, name),
+            "evals": int(spec.budget.evals), "sample": sample_options(spec, cfg), "extra": list(extra),
+            "data": json.loads(info.read_text()) if info.is_file() else None, "parts": parts}
 
 
 # ----------------------------------------------------------------------------------------------------------------
