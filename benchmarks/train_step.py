@@ -35,7 +35,7 @@ encoders keep nothing (their inputs need no gradient); CUDA context and allocato
 
 **Profile** (``--profile``): where the time of a real training step goes, for the shapes benchmark's Janus
 (``configs/shapes/janus.yaml`` with ``configs/recipes/shapes.yaml``, the ViT frozen as in ``unimm reproduce``):
-the Trainer runs ``--steps`` steps on a freshly exported varied split under cProfile, and the table gives each
+the Trainer runs ``--steps`` steps on a freshly exported split (varied, plain targets) under cProfile, and the table gives each
 part's share of the training thread's time (the data column is the time spent *waiting* for the next batch, which
 is built in a background thread)::
 
@@ -186,7 +186,8 @@ def profile_shapes(steps: int, threads: int, bf16: bool = False) -> None:
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        data = export_split(Path(tmp) / "train", "train", 512, seed=0, config=ShapesConfig(variations=True))
+        data = export_split(Path(tmp) / "train", "train", 512, seed=0,
+                            config=ShapesConfig(variations=True, plain_targets=True))  # as the reproduction
         cfg = load_config("shapes/janus", [
             "train=@recipes/shapes", f"train.output_dir={tmp}/run", f"train.stages.0.steps={steps}",
             "train.stages.0.trainable=[und_aligner,backbone,generator]", "train.log_every=1000000",
