@@ -35,9 +35,9 @@ encoders keep nothing (their inputs need no gradient); CUDA context and allocato
 
 **Profile** (``--profile``): where the time of a real training step goes, for the shapes benchmark's Janus
 (``configs/shapes/janus.yaml`` with ``configs/recipes/shapes.yaml``, the ViT frozen as in ``unimm reproduce``):
-the Trainer runs ``--steps`` steps on a freshly exported split (varied, plain targets) under cProfile, and the table gives each
-part's share of the training thread's time (the data column is the time spent *waiting* for the next batch, which
-is built in a background thread)::
+the Trainer runs ``--steps`` steps on a freshly exported split (varied, plain targets) under cProfile, and the
+table gives each part's share of the training thread's time (the data column is the time spent *waiting* for the
+next batch, which is built in a background thread)::
 
     python benchmarks/train_step.py --profile --steps 60         # about a minute (--bf16: under bf16 autocast)
 """
