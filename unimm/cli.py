@@ -285,7 +285,7 @@ def cmd_merge_lora(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train_main
+    from .train import end_process_group, train_main
 
     overrides = list(args.overrides) + (["train.resume=latest"] if args.resume else [])
     cfg = load_config(args.config, overrides)
@@ -296,6 +296,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(stop, "main_process", os.environ.get("RANK", "0") == "0"):  # one line from several processes
             print(_interrupted_training(stop, cfg, args), file=sys.stderr)
         return 2
+    end_process_group()
     return 0
 
 

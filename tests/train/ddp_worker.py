@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train_run import run_config  # noqa: E402
 
-from unimm.train import Trainer  # noqa: E402
+from unimm.train import Trainer, end_process_group  # noqa: E402
 
 out = Path(sys.argv[1])
 stage = {"name": "ddp", "steps": 3, "trainable": ["und_aligner", "backbone"], "mixture": {"und": 1, "text": 1},
@@ -36,3 +36,4 @@ report = {
     "checksums": {n: float(p.detach().double().sum()) for n, p in trained.items()},
 }
 (out / f"rank{acc.process_index}.json").write_text(json.dumps(report))
+end_process_group()  # as `unimm train` ends a launch

@@ -8,6 +8,7 @@ Writes ``rank{r}.json`` (losses, resumed losses, the unit names) and, from rank 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sharded_steps import (GLOBAL_BATCH, SAVE_AFTER, STEPS, batch, eval_batch, m
                            train_step)
 
 from unimm.pretrained import save_pretrained  # noqa: E402
+from unimm.train import end_process_group  # noqa: E402
 from unimm.train.sharding import full_state_dict, load_sharded, save_sharded, shard_model  # noqa: E402
 
 out = Path(sys.argv[1])
@@ -68,4 +70,9 @@ resumed = [global_loss(train_step(model, optimizer, batch(processor, step, rows)
 units = sorted(type(m).__name__ for m in model.modules() if hasattr(m, "reshard"))  # the FSDPModule classes
 (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "backend": dist.get_backend(), "losses": losses,
                                                   "resumed": resumed, "fsdp_modules": len(units)}))
-dist.destroy_process_group()
+end_process_group()  # as `unimm train` ends a launch: both ranks past every collective, then gloo torn down
+# ... and out without the interpreter's finalisation, where gloo's threads may still hold tensors: a finished rank
+# could abort there with "terminate called without an active exception" (pytorch/pytorch#179291).
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)

@@ -513,3 +513,15 @@ def train_main(
     """Train as ``cfg.train`` says (see docs/training.md); returns the final model folder (None if stopped early)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Trainer(cfg, model=model, processor=processor).fit()
+
+
+def end_process_group() -> None:
+    """End a launch whose training succeeded: every process waits for the others, then tears down the process
+    group (accelerate leaves it up). Left to the interpreter's exit, gloo's threads can abort a finished process
+    ("terminate called without an active exception"). Only after success: after a failure some processes may still
+    be inside a collective, and a barrier would hang them. A no-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
