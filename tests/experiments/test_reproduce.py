@@ -142,6 +142,35 @@ def test_an_interrupted_experiment_restarts_cleanly(smoke_run):
     assert "| gen_only |" in result.read_text()
 
 
+@pytest.mark.slow
+def test_report_only_trains_nothing_and_names_the_unfinished_runs(smoke_run, tmp_path):
+    spec, out, _ = smoke_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("final", "checkpoints"))
+    (run(copy, "janusflow", 1) / "result.json").unlink()  # still training
+    shutil.rmtree(run(copy, "shared_encoder", 0))  # not started
+    report = reproduce(spec, copy, command="unimm reproduce --budget smoke", report_only=True)
+    assert not (run(copy, "janusflow", 1) / "result.json").exists() and not run(copy, "shared_encoder", 0).exists()
+    text = report.read_text()
+    assert ("**In progress: 12 of 14 runs have finished.** Written by `--report-only`, which trains nothing; not "
+            "finished, so left out: shared_encoder seed0, janusflow seed1.") in text
+    assert "| janusflow | 1 | 4 |" in text and "| janus | 2 | 4 |" in text and "| shared_encoder | 1 | 4 |" in text
+    verdicts = text.split("## Verdicts")[1].split("## Results")[0]
+    assert "not run (janusflow: needs 2+ seeds)" in verdicts and "not run (shared_encoder: needs 2+ seeds)" in verdicts
+    pretraining = next(line for line in verdicts.splitlines() if "`janus` vs `janus_scratch_vit`" in line)
+    assert "not run" not in pretraining  # both rows have both seeds: a verdict
+    assert "The last sitting" not in text and "Command: `unimm reproduce --budget smoke`" in text
+    assert json.loads((copy / "results.json").read_text())["missing"] == ["shared_encoder seed0", "janusflow seed1"]
+    # a run made otherwise than the file now says (here: VQ sampling) is not reported as if it were
+    hotter = load_experiments("experiments/shapes", ["sample.vq.temperature=0.9"], budget="smoke")
+    text = reproduce(hotter, copy, report_only=True).read_text()
+    assert "| janus |" not in text and "| janusflow | 1 |" in text
+    with pytest.raises(ConfigError, match=r"--report-only: no run has finished in .* without --report-only"):
+        reproduce(spec, tmp_path / "empty", report_only=True)
+    with pytest.raises(ConfigError, match="--report-only trains nothing and --force retrains everything"):
+        reproduce(spec, copy, report_only=True, force=True)
+
+
 def test_experiment_configs_differ_only_where_they_say(tmp_path):
     spec = load_experiments("experiments/shapes")
     configs = {name: experiment_config(spec, name, tmp_path) for name in spec.experiments}

@@ -110,12 +110,10 @@ def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, da
     from ..train.autoencoder import load_image_tensor, reconstruct, train_autoencoder
 
     folder = out / "autoencoders" / kind
-    result_file = folder / "result.json"
+    kept = None if force else kept_autoencoder(spec, kind, out, data)
+    if kept is not None:
+        return kept
     settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
-    if result_file.is_file() and not force:
-        kept = json.loads(result_file.read_text())
-        if kept.get("settings") == settings and kept.get("data") == train_data(data):  # as now asked: keep it
-            return kept
     started = time.time()
     size = image_size(data["train"])
     images = load_image_tensor(generation_targets(data["train"]), size)
@@ -133,8 +131,19 @@ def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, da
     result = {"seconds": round(seconds, 1), "settings": settings, "data": train_data(data),
               "mse": float(((recon - test_images) ** 2).mean()), "checker": scores["accuracy"],
               "started": round(started, 1), "finished": round(time.time(), 1)}
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def kept_autoencoder(spec: DictConfig, kind: str, out: Path, data: dict[str, Path]) -> dict[str, Any] | None:
+    """The ``kind`` autoencoder's kept result if it was trained as the file now asks, on this training split;
+    else None (it is trained again)."""
+    result_file = out / "autoencoders" / kind / "result.json"
+    if not result_file.is_file():
+        return None
+    kept = json.loads(result_file.read_text())
+    settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
+    return kept if kept.get("settings") == settings and kept.get("data") == train_data(data) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,12 +177,9 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     from ..train.encoder import pretrain_encoder
 
     folder = out / "encoders" / "und_encoder"
-    result_file = folder / "result.json"
-    if result_file.is_file() and not force:
-        kept = json.loads(result_file.read_text())
-        if (kept.get("settings") == dict(OmegaConf.to_container(spec.und_encoder_pretraining))
-                and kept.get("data") == train_data(data)):
-            return kept
+    kept = None if force else kept_und_encoder(spec, out, data)
+    if kept is not None:
+        return kept
 
     def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
         items = load_specs(data[split])
@@ -190,5 +196,16 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     result = {"type": slot["type"], "settings": settings, "data": train_data(data),
               **{k: v for k, v in result.items() if k != "path"},
               "started": round(started, 1), "finished": round(time.time(), 1)}
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def kept_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path]) -> dict[str, Any] | None:
+    """The pre-trained understanding encoder's kept result if it was trained as the file now asks, on this
+    training split; else None (it is trained again)."""
+    result_file = out / "encoders" / "und_encoder" / "result.json"
+    if not result_file.is_file():
+        return None
+    kept = json.loads(result_file.read_text())
+    settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
+    return kept if kept.get("settings") == settings and kept.get("data") == train_data(data) else None

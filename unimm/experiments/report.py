@@ -139,8 +139,10 @@ def wall_seconds_of(jobs: list[Mapping[str, Any]]) -> float:
 
 
 def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any], out: Path, command: str,
-                 wall_seconds: float, und_encoder: dict[str, Any] | None = None) -> Path:
-    """``report.md`` and ``results.json``; see the module docstring."""
+                 wall_seconds: float | None, und_encoder: dict[str, Any] | None = None,
+                 missing: list[str] | tuple[str, ...] = ()) -> Path:
+    """``report.md`` and ``results.json``; see the module docstring. ``wall_seconds``: this sitting's (None when
+    it trained nothing); ``missing``: the runs not finished yet (``--report-only``), named at the top."""
     from ..bench.shapes import QUESTION_TYPES
 
     und_encoder = und_encoder or {}
@@ -168,8 +170,12 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
         f"processes count once), {_minutes(total)} min of work - autoencoders{' and encoder' if und_encoder else ''} "
         f"{_minutes(prep_seconds)} min, runs {_minutes(train_seconds)} min of training and {_minutes(eval_seconds)} "
         f"min of scoring (the sum of each part's own time) - on {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"torch {torch.__version__}. The last sitting: {_minutes(wall_seconds)} min.",
+        f"torch {torch.__version__}."
+        + (f" The last sitting: {_minutes(wall_seconds)} min." if wall_seconds is not None else ""),
         "",
+        *([f"**In progress: {len(runs)} of {len(runs) + len(missing)} runs have finished.** Written by "
+           f"`--report-only`, which trains nothing; not finished, so left out: {', '.join(missing)}. The command "
+           "above continues the reproduction.", ""] if missing else []),
         "## Verdicts on the papers' claims",
         "",
         f"Each claim compares two rows on one metric (test split). The interval is the {LEVEL:.0%} interval of the "
@@ -181,9 +187,9 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
         "",
         f"## Results (test split; accuracy in %, mean ± half-width of the {LEVEL:.0%} t interval over seeds)",
         "",
-        "| experiment | steps | params | gen overall | colour | shape | count | binding | position | und overall | "
+        "| experiment | seeds | steps | params | gen overall | colour | shape | count | binding | position | und overall | "
         + " | ".join(QUESTION_TYPES) + (" | und elsewhere" if elsewhere else "") + " | train min / seed |",
-        "|---|---:|---:|" + "---:|" * (7 + len(QUESTION_TYPES) + elsewhere) + "---:|",
+        "|---|---:|---:|---:|" + "---:|" * (7 + len(QUESTION_TYPES) + elsewhere) + "---:|",
     ]
     for name, per_seed in results.items():
         first = next(iter(per_seed.values()))
@@ -192,7 +198,8 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
         if elsewhere:
             cells.append(cell(seed_scores(per_seed, "elsewhere", "understanding", "overall")))
         minutes = sum(r["train_seconds"] for r in per_seed.values()) / 60 / len(per_seed)
-        lines.append(f"| {name} | {first['steps']} | {first['parameters'] / 1e6:.2f} M | " + " | ".join(cells)
+        lines.append(f"| {name} | {len(per_seed)} | {first['steps']} | {first['parameters'] / 1e6:.2f} M | "
+                     + " | ".join(cells)
                      + f" | {minutes:.1f} |")
     lines += ["", "Experiments (from the command's experiments file):", ""]
     for name, per_seed in results.items():
@@ -202,7 +209,7 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
             extra += ", pre-trained understanding encoder"
         if r.get("init_from"):
             extra += f", starts from `{r['init_from']}`"
-        lines.append(f"- **{name}** ({len(per_seed)} seeds): `{r['config']}` + `train=@recipes/shapes`, {extra}; "
+        lines.append(f"- **{name}** ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}): `{r['config']}` + `train=@recipes/shapes`, {extra}; "
                      f"sampling {r['sample'] or '-'}")
     lines += ["", "## Autoencoders (trained once on the training split's text-to-image targets, shared by every run)", "",
               "| type | train min | test MSE | checker overall on reconstructions |", "|---|---:|---:|---:|"]
@@ -232,7 +239,7 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
     report.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
         {"command": command, "wall_seconds": round(wall, 1), "work_seconds": round(total, 1),
-         "last_sitting_seconds": round(wall_seconds, 1),
+         "last_sitting_seconds": None if wall_seconds is None else round(wall_seconds, 1), "missing": list(missing),
          "experiments": {name: {str(s): r for s, r in per_seed.items()} for name, per_seed in results.items()},
          "autoencoders": autoencoders, "und_encoder": und_encoder, "spec": OmegaConf.to_container(spec)},
         indent=2) + "\n")

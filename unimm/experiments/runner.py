@@ -37,15 +37,15 @@ def run_experiment(spec: DictConfig, name: str, seed: int, out: Path, data: dict
     from ..train import Trainer
 
     run_dir = seed_dir(out, name, seed)
-    result_file = run_dir / "result.json"
     cfg = experiment_config(spec, name, out, seed, extra)
     made = made_with(spec, name, seed, out, cfg, extra)
-    if result_file.is_file() and not force:
-        kept = json.loads(result_file.read_text())
-        if kept.get("made") == made:
+    if not force:
+        kept = finished_run(spec, name, seed, out, extra)
+        if kept is not None:
             return kept
-        logger.info("%s seed %d was trained with other settings, data or parts than the file now gives: "
-                    "training it again", name, seed)
+        if (run_dir / "result.json").is_file():
+            logger.info("%s seed %d was trained with other settings, data or parts than the file now gives: "
+                        "training it again", name, seed)
     if run_dir.exists():  # forced, changed, or interrupted part-way: start the run afresh (no appended metrics)
         shutil.rmtree(run_dir)
     started = time.time()
@@ -91,8 +91,20 @@ def run_experiment(spec: DictConfig, name: str, seed: int, out: Path, data: dict
         "started": round(started, 1), "finished": round(time.time(), 1),  # wall clock, for the report's wall time
         "made": made,
     }
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def finished_run(spec: DictConfig, name: str, seed: int, out: Path,
+                 extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The kept result of experiment ``name`` with ``seed`` if that run finished, made as the file now asks
+    (:func:`made_with`); else None (it is trained, afresh)."""
+    result_file = seed_dir(out, name, seed) / "result.json"
+    if not result_file.is_file():
+        return None
+    kept = json.loads(result_file.read_text())
+    made = made_with(spec, name, seed, out, experiment_config(spec, name, out, seed, extra), extra)
+    return kept if kept.get("made") == made else None
 
 
 def made_with(spec: DictConfig, name: str, seed: int, out: Path, cfg: DictConfig,
