@@ -187,8 +187,8 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
         "",
         f"## Results (test split; accuracy in %, mean ± half-width of the {LEVEL:.0%} t interval over seeds)",
         "",
-        "| experiment | seeds | steps | params | gen overall | colour | shape | count | binding | position | und overall | "
-        + " | ".join(QUESTION_TYPES) + (" | und elsewhere" if elsewhere else "") + " | train min / seed |",
+        "| experiment | seeds | steps | params | gen overall | colour | shape | count | binding | position | "
+        "und overall | " + " | ".join(QUESTION_TYPES) + (" | und elsewhere" if elsewhere else "") + " | train min / seed |",
         "|---|---:|---:|---:|" + "---:|" * (7 + len(QUESTION_TYPES) + elsewhere) + "---:|",
     ]
     for name, per_seed in results.items():
@@ -209,7 +209,8 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
             extra += ", pre-trained understanding encoder"
         if r.get("init_from"):
             extra += f", starts from `{r['init_from']}`"
-        lines.append(f"- **{name}** ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}): `{r['config']}` + `train=@recipes/shapes`, {extra}; "
+        n_seeds = f"{len(per_seed)} seed" + ("s" if len(per_seed) > 1 else "")
+        lines.append(f"- **{name}** ({n_seeds}): `{r['config']}` + `train=@recipes/shapes`, {extra}; "
                      f"sampling {r['sample'] or '-'}")
     lines += ["", "## Autoencoders (trained once on the training split's text-to-image targets, shared by every run)", "",
               "| type | train min | test MSE | checker overall on reconstructions |", "|---|---:|---:|---:|"]
