@@ -138,11 +138,15 @@ def train_one_autoencoder(spec: DictConfig, kind: str, slot: dict, out: Path, da
 def kept_autoencoder(spec: DictConfig, kind: str, out: Path, data: dict[str, Path]) -> dict[str, Any] | None:
     """The ``kind`` autoencoder's kept result if it was trained as the file now asks, on this training split;
     else None (it is trained again)."""
-    result_file = out / "autoencoders" / kind / "result.json"
+    settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
+    return _kept_part(out / "autoencoders" / kind / "result.json", settings, data)
+
+
+def _kept_part(result_file: Path, settings: dict[str, Any], data: dict[str, Path]) -> dict[str, Any] | None:
+    """A shared part's ``result.json`` if it holds these settings and this training split, else None."""
     if not result_file.is_file():
         return None
     kept = json.loads(result_file.read_text())
-    settings = dict(OmegaConf.to_container(spec.autoencoders.get(kind) or {}))
     return kept if kept.get("settings") == settings and kept.get("data") == train_data(data) else None
 
 
@@ -203,9 +207,5 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
 def kept_und_encoder(spec: DictConfig, out: Path, data: dict[str, Path]) -> dict[str, Any] | None:
     """The pre-trained understanding encoder's kept result if it was trained as the file now asks, on this
     training split; else None (it is trained again)."""
-    result_file = out / "encoders" / "und_encoder" / "result.json"
-    if not result_file.is_file():
-        return None
-    kept = json.loads(result_file.read_text())
     settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
-    return kept if kept.get("settings") == settings and kept.get("data") == train_data(data) else None
+    return _kept_part(out / "encoders" / "und_encoder" / "result.json", settings, data)

@@ -40,7 +40,7 @@ def run_experiment(spec: DictConfig, name: str, seed: int, out: Path, data: dict
     cfg = experiment_config(spec, name, out, seed, extra)
     made = made_with(spec, name, seed, out, cfg, extra)
     if not force:
-        kept = finished_run(spec, name, seed, out, extra)
+        kept = _kept_run(run_dir, made)
         if kept is not None:
             return kept
         if (run_dir / "result.json").is_file():
@@ -99,11 +99,16 @@ def finished_run(spec: DictConfig, name: str, seed: int, out: Path,
                  extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The kept result of experiment ``name`` with ``seed`` if that run finished, made as the file now asks
     (:func:`made_with`); else None (it is trained, afresh)."""
-    result_file = seed_dir(out, name, seed) / "result.json"
+    made = made_with(spec, name, seed, out, experiment_config(spec, name, out, seed, extra), extra)
+    return _kept_run(seed_dir(out, name, seed), made)
+
+
+def _kept_run(run_dir: Path, made: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``result.json`` if it was made with ``made``, else None."""
+    result_file = run_dir / "result.json"
     if not result_file.is_file():
         return None
     kept = json.loads(result_file.read_text())
-    made = made_with(spec, name, seed, out, experiment_config(spec, name, out, seed, extra), extra)
     return kept if kept.get("made") == made else None
 
 
