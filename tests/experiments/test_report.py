@@ -2,7 +2,7 @@
 
 import pytest
 
-from unimm.experiments.report import cell, seed_scores, wall_seconds_of
+from unimm.experiments.report import cell, seed_items, seed_scores, wall_seconds_of
 
 
 def test_cell_gives_mean_and_t_half_width_in_percent():
@@ -10,6 +10,17 @@ def test_cell_gives_mean_and_t_half_width_in_percent():
     assert cell([0.5]) == "50.0"
     # mean 0.6, sd 0.1, n 3: half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.0577 = 0.2484
     assert cell([0.5, 0.6, 0.7]) == "60.0 ± 24.8"
+
+
+def test_cell_is_never_narrower_than_the_scoring():
+    assert cell([0.56, 0.56]) == "56.0 ± 0.0"
+    # p~ = 113 / 202 = 0.5594 on 200 items, two seeds: t(0.975, 1) * sqrt(0.5594 * 0.4406 / 200 / 2) = 0.3154
+    assert cell([0.56, 0.56], items=200) == "56.0 ± 31.5"
+    assert cell([0.5, 0.6, 0.7], items=200) == "60.0 ± 24.8"  # their spread is the wider
+    runs = {0: {"final": {"understanding": {"accuracy": {"overall": 0.9}, "support": {"overall": 662}}}},
+            1: {"final": {"understanding": {"accuracy": {"overall": 0.9}, "support": {"overall": 658}}}}}
+    assert seed_items(runs, "final", "understanding", "overall") == 658
+    assert seed_items(runs, "final", "generation", "overall") is None
 
 
 def test_seed_scores_skip_seeds_without_the_task():

@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from unimm.experiments.stats import (
-    PAPER_CLAIMS, Claim, bootstrap_interval, difference_interval, mean_interval, metric_value, t_quantile, verdict,
-    verdict_table,
+    PAPER_CLAIMS, Claim, bootstrap_interval, difference_interval, mean_interval, metric_items, metric_value, scoring_variance,
+    t_quantile, verdict, verdict_table,
 )
 from unimm.registry import InputError
 
@@ -40,6 +40,50 @@ def test_mean_interval_of_one_to_five():
     assert (interval.low, interval.high) == pytest.approx((3 - half, 3 + half), abs=1e-5)
     narrower = mean_interval([1, 2, 3, 4, 5], level=0.9)
     assert interval.low < narrower.low < 3 < narrower.high < interval.high
+
+
+def test_scoring_variance_by_hand():
+    # 50% on 100 items: p~ = 51 / 102 = 0.5, so 0.25 / 100 per score, halved for the mean of two
+    assert scoring_variance([0.5, 0.5], 100) == pytest.approx(0.25 / 100 / 2)
+    # 100% on 8 items still varies: p~ = 9 / 10
+    assert scoring_variance([1.0, 1.0, 1.0], 8) == pytest.approx(0.9 * 0.1 / 8 / 3)
+
+
+def test_runs_that_score_alike_get_the_scorings_interval_not_zero_width():
+    assert mean_interval([0.56, 0.56]).high == mean_interval([0.56, 0.56]).low  # the spread alone: zero width
+    floored = mean_interval([0.56, 0.56], items=200)
+    p = (0.56 * 200 + 1) / 202
+    half = 12.706205 * math.sqrt(p * (1 - p) / 200 / 2)
+    assert (floored.low, floored.high) == pytest.approx((0.56 - half, 0.56 + half), abs=1e-5)
+    assert "binomial" in floored.method
+    spread = mean_interval([0.2, 0.5, 0.8], items=1000)  # seeds far apart: their spread is the wider, and kept
+    assert spread == mean_interval([0.2, 0.5, 0.8])
+
+
+def test_equal_paired_differences_are_not_proof_on_two_seeds():
+    # REPA's first two seeds at the laptop budget: +12.5 points on both
+    a, b = {0: 0.32, 1: 0.34}, {0: 0.195, 1: 0.215}
+    alone, _ = difference_interval(a, b)
+    assert alone.high - alone.low < 1e-9
+    interval, test = difference_interval(a, b, items=(200, 200))
+    se = math.sqrt(scoring_variance([0.32, 0.34], 200) + scoring_variance([0.195, 0.215], 200))
+    assert interval.mean == pytest.approx(0.125)
+    assert interval.high - interval.mean == pytest.approx(12.706205 * se, rel=1e-5)
+    assert test == "paired t over 2 seeds, at the scoring's binomial error"
+    claim = Claim("repa", "JanusFlow", "a", "b", "generation", "greater")
+    assert verdict(claim, a, b).verdict == "reproduced"
+    assert verdict(claim, a, b, items=(200, 200)).verdict == "inconclusive"
+    a3, b3 = {**a, 2: 0.33}, {**b, 2: 0.205}  # a third seed that agrees: df 2, and the effect is clear
+    assert verdict(claim, a3, b3, items=(200, 200)).verdict == "reproduced"
+
+
+def test_welch_floors_each_row():
+    a, b = [0.6, 0.6], [0.5, 0.5, 0.5]  # no spread in either row
+    interval, test = difference_interval(a, b, items=(100, 400))
+    va, vb = scoring_variance(a, 100), scoring_variance(b, 400)
+    df = (va + vb) ** 2 / (va ** 2 / 1 + vb ** 2 / 2)
+    assert interval.high - interval.mean == pytest.approx(t_quantile(0.975, df) * math.sqrt(va + vb))
+    assert test.endswith("at the scoring's binomial error")
 
 
 def test_bootstrap_is_deterministic_for_a_seed():
@@ -137,6 +181,8 @@ def test_verdict_on_an_on_par_claim(a, b, expected):
     (lambda: Claim("x", "P", "a", "b", "understanding", "on_par"), "needs an equivalence margin"),
     (lambda: Claim("x", "P", "a", "b", "understanding", "better"), "direction must be one of"),
     (lambda: metric_value({"generation": {"accuracy": {"overall": 0.5}}}, "understanding"), "no 'understanding'"),
+    (lambda: mean_interval([0.5, 0.6], items=0), "items must be a whole number"),
+    (lambda: mean_interval([0.5, 0.6], items=2.5), "items must be a whole number"),
 ])
 def test_bad_inputs_say_what_is_wrong_in_one_line(call, message):
     with pytest.raises(InputError, match=message) as error:
@@ -173,6 +219,21 @@ def test_verdict_table():
     assert "janusflow, janusflow_no_repa" in table[5]
     position = Claim("pos", "P", "janus", "shared_encoder", "understanding.position", "greater")
     assert "+15.0 pts" in verdict_table([position], results)
+    assert "binomial" not in verdict_table(PAPER_CLAIMS, results)  # no support recorded: the spread alone
+
+
+def test_verdict_table_floors_at_the_recorded_item_counts():
+    def final(und: float, items: int) -> dict:
+        return {"understanding": {"accuracy": {"overall": und}, "support": {"overall": items}}}
+
+    results = {"janus": {0: final(0.62, 40), 1: final(0.62, 40)},
+               "shared_encoder": {0: final(0.50, 40), 1: final(0.50, 30)}}  # the fewest items count
+    assert metric_items(list(results["shared_encoder"].values()), "understanding") == 30
+    assert metric_items([{"understanding": {"accuracy": {"overall": 0.5}}}], "understanding") is None
+    row = verdict_table(PAPER_CLAIMS[:1], results).splitlines()[2]
+    expected = verdict(PAPER_CLAIMS[0], {0: 0.62, 1: 0.62}, {0: 0.5, 1: 0.5}, items=(40, 30))
+    assert f"[{100 * expected.low:+.1f}, {100 * expected.high:+.1f}]" in row
+    assert "at the scoring's binomial error" in row and row.endswith("| **inconclusive** |")
 
 
 def test_the_module_does_not_import_torch():

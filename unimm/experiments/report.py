@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..images import save_grid
 from .spec import seed_dir
-from .stats import PAPER_CLAIMS, mean_interval, verdict_table
+from .stats import PAPER_CLAIMS, mean_interval, metric_items, verdict_table
 
 GEN_CATEGORIES = ("overall", "colour", "shape", "count", "binding", "position")
 LEVEL = 0.95
@@ -38,13 +38,19 @@ def seed_scores(runs: Mapping[int, Mapping[str, Any]], section: str, task: str, 
     return values
 
 
-def cell(values: list[float]) -> str:
-    """``"59.3 ± 2.1"`` (mean and half-width of the 95% t interval, in %), one seed alone ``"59.3"``, none ``"-"``."""
+def seed_items(runs: Mapping[int, Mapping[str, Any]], section: str, task: str, key: str) -> int | None:
+    """How many test items that score is over (the fewest over the seeds), None if a run does not record it."""
+    return metric_items([(run.get(section) or {}) for run in runs.values()], f"{task}.{key}")
+
+
+def cell(values: list[float], items: int | None = None) -> str:
+    """``"59.3 ± 2.1"`` (mean and half-width of the 95% t interval, in %; with ``items``, never narrower than the
+    scoring's binomial error), one seed alone ``"59.3"``, none ``"-"``."""
     if not values:
         return "-"
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
-    interval = mean_interval(values, LEVEL)
+    interval = mean_interval(values, LEVEL, items)
     return f"{100 * interval.mean:.1f} ± {100 * (interval.high - interval.mean):.1f}"
 
 
@@ -180,12 +186,15 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
         "",
         f"Each claim compares two rows on one metric (test split). The interval is the {LEVEL:.0%} interval of the "
         "difference of the means: paired t over the seeds (both rows ran the same seeds), Welch's t otherwise. "
+        "Its standard error is at least the scoring's binomial one (a score over m test items varies by p(1-p)/m), "
+        "so that runs which score alike by chance do not make an interval of zero width. "
         "Reproduced: the interval lies on the claimed side of 0 (or, for \"on par\", inside the margin); "
         "contradicted: entirely on the other side (outside the margin); else inconclusive at this scale.",
         "",
         verdict_table(PAPER_CLAIMS, finals, LEVEL),
         "",
-        f"## Results (test split; accuracy in %, mean ± half-width of the {LEVEL:.0%} t interval over seeds)",
+        f"## Results (test split; accuracy in %, mean ± half-width of the {LEVEL:.0%} t interval over seeds, "
+        "never narrower than the scoring's binomial error)",
         "",
         "| experiment | seeds | steps | params | gen overall | colour | shape | count | binding | position | "
         "und overall | " + " | ".join(QUESTION_TYPES) + (" | und elsewhere" if elsewhere else "") + " | train min / seed |",
@@ -193,10 +202,10 @@ def write_report(spec: DictConfig, results: Results, autoencoders: dict[str, Any
     ]
     for name, per_seed in results.items():
         first = next(iter(per_seed.values()))
-        cells = [cell(seed_scores(per_seed, "final", "generation", c)) for c in GEN_CATEGORIES]
-        cells += [cell(seed_scores(per_seed, "final", "understanding", q)) for q in ("overall", *QUESTION_TYPES)]
-        if elsewhere:
-            cells.append(cell(seed_scores(per_seed, "elsewhere", "understanding", "overall")))
+        scores = [("final", "generation", c) for c in GEN_CATEGORIES]
+        scores += [("final", "understanding", q) for q in ("overall", *QUESTION_TYPES)]
+        scores += [("elsewhere", "understanding", "overall")] if elsewhere else []
+        cells = [cell(seed_scores(per_seed, *score), seed_items(per_seed, *score)) for score in scores]
         minutes = sum(r["train_seconds"] for r in per_seed.values()) / 60 / len(per_seed)
         lines.append(f"| {name} | {len(per_seed)} | {first['steps']} | {first['parameters'] / 1e6:.2f} M | "
                      + " | ".join(cells)

@@ -3,7 +3,10 @@
 Scores are accuracies in [0, 1] (the benchmark's ``overall`` or a question type); differences and margins are in
 the same units and printed as percentage points.
 
-* :func:`mean_interval`: the mean of per-seed scores and its t interval (``n - 1`` degrees of freedom).
+* :func:`mean_interval`: the mean of per-seed scores and its t interval (``n - 1`` degrees of freedom). Given
+  ``items`` (how many test items each score is over), its standard error is never below the scoring's own
+  binomial error (:func:`scoring_variance`): with 2 or 3 seeds on a 0.5-point grid, runs can score the same by
+  chance, and their spread alone would give an interval of zero width.
 * :func:`bootstrap_interval`: a two-level bootstrap over a ``seeds x items`` table of per-item scores (resample
   the seeds, then the items within each chosen seed), percentile interval, seeded and deterministic.
 * :class:`Claim`, :func:`verdict`: the interval of the difference ``a - b`` between two rows - a paired t interval
@@ -89,13 +92,39 @@ def t_quantile(p: float, df: float) -> float:
     return (low + high) / 2
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
-    """Mean of per-seed ``values`` (n >= 2) and its t interval: mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)."""
+def scoring_variance(values: Sequence[float], items: int) -> float:
+    """Variance of the mean of ``len(values)`` scores from their scoring alone, each score an accuracy over ``items``
+    items: ``mean(p~ (1 - p~) / items) / n`` with ``p~ = (p items + 1) / (items + 2)`` (Laplace's rule, so that a
+    score of 0% or 100% still has a spread). It is the floor of :func:`mean_interval`'s and
+    :func:`difference_interval`'s standard errors; for two rows scored on the same items it treats their scoring
+    as independent, which errs on the wide side."""
+    if isinstance(items, bool) or not isinstance(items, (int, np.integer)) or items < 1:
+        raise InputError(f"items must be a whole number of test items >= 1, got {items!r}")
+    p = (np.asarray(values, dtype=float) * items + 1) / (items + 2)
+    return float(np.mean(p * (1 - p) / items) / p.size)
+
+
+def _t_interval(mean: float, se: float, df: float, level: float, method: str) -> Interval:
+    half = t_quantile((1 + level) / 2, df) * se if se > 0 else 0.0
+    return Interval(float(mean), float(mean - half), float(mean + half), level, method)
+
+
+def _floored(se: float, floor_variance: float | None, method: str) -> tuple[float, str]:
+    """``se``, raised to the scoring's binomial error when that is larger (the method then says so)."""
+    if floor_variance is not None and math.sqrt(floor_variance) > se:
+        return math.sqrt(floor_variance), method + ", at the scoring's binomial error"
+    return se, method
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95, items: int | None = None) -> Interval:
+    """Mean of per-seed ``values`` (n >= 2) and its t interval: mean +- t_{(1+level)/2, n-1} * se, where se is
+    sd / sqrt(n), or the scoring's binomial error when ``items`` is given and that is larger
+    (:func:`scoring_variance`)."""
     level = _check_level(level)
     x = _values(values)
-    half = t_quantile((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), level,
-                    f"t interval over {x.size} seeds")
+    se, method = _floored(x.std(ddof=1) / math.sqrt(x.size), None if items is None else scoring_variance(x, items),
+                          f"t interval over {x.size} seeds")
+    return _t_interval(x.mean(), se, x.size - 1, level, method)
 
 
 def bootstrap_interval(per_seed_per_item_scores: Sequence[Sequence[float]], level: float = 0.95,
@@ -180,12 +209,14 @@ def _by_seed(scores: Scores) -> dict | None:
     return {int(k): v for k, v in scores.items()} if isinstance(scores, Mapping) else None
 
 
-def difference_interval(scores_a: Scores, scores_b: Scores, level: float = 0.95) -> tuple[Interval, str]:
+def difference_interval(scores_a: Scores, scores_b: Scores, level: float = 0.95,
+                        items: tuple[int, int] | None = None) -> tuple[Interval, str]:
     """Interval of mean(a) - mean(b) and the test's name.
 
     Paired t over the seeds when both are ``{seed: score}`` mappings with the same seeds (the seed fixes data order
     and initialisation, so differences within a seed remove that noise); otherwise Welch's t (unequal variances,
-    Welch-Satterthwaite degrees of freedom).
+    Welch-Satterthwaite degrees of freedom). ``items``: the test items a's and b's scores are over; each standard
+    error is then at least the scoring's binomial one (:func:`scoring_variance`).
     """
     level = _check_level(level)
     a_seeds, b_seeds = _by_seed(scores_a), _by_seed(scores_b)
@@ -193,31 +224,37 @@ def difference_interval(scores_a: Scores, scores_b: Scores, level: float = 0.95)
         seeds = sorted(a_seeds)
         a = _values([a_seeds[s] for s in seeds], "scores_a")
         b = _values([b_seeds[s] for s in seeds], "scores_b")
-        interval = mean_interval(a - b, level)
-        return interval, f"paired t over {len(seeds)} seeds"
+        d = a - b
+        floor = None if items is None else scoring_variance(a, items[0]) + scoring_variance(b, items[1])
+        test = f"paired t over {len(seeds)} seeds"
+        se, method = _floored(d.std(ddof=1) / math.sqrt(d.size), floor, test)
+        return _t_interval(d.mean(), se, d.size - 1, level, method), method
     a = _values(a_seeds.values() if a_seeds is not None else scores_a, "scores_a")
     b = _values(b_seeds.values() if b_seeds is not None else scores_b, "scores_b")
-    diff = float(a.mean() - b.mean())
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se == 0:  # both rows constant over seeds: no spread to scale
-        half = 0.0
-    else:
-        df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-        half = t_quantile((1 + level) / 2, df) * se
     test = f"Welch t ({a.size} vs {b.size} seeds)"
-    return Interval(diff, diff - half, diff + half, level, test), test
+    if items is not None:  # each row's variance of the mean at least its scoring's
+        fa, fb = scoring_variance(a, items[0]), scoring_variance(b, items[1])
+        if fa > va or fb > vb:
+            test += ", at the scoring's binomial error"
+        va, vb = max(va, fa), max(vb, fb)
+    if va + vb == 0:  # both rows constant over seeds, no items given: no spread to scale
+        return _t_interval(a.mean() - b.mean(), 0.0, 1, level, test), test
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    return _t_interval(a.mean() - b.mean(), math.sqrt(va + vb), df, level, test), test
 
 
-def verdict(claim: Claim, scores_a: Scores, scores_b: Scores, level: float = 0.95) -> Verdict:
-    """Judge ``claim`` from per-seed scores of ``claim.row_a`` and ``claim.row_b`` (lists, or ``{seed: score}``).
+def verdict(claim: Claim, scores_a: Scores, scores_b: Scores, level: float = 0.95,
+            items: tuple[int, int] | None = None) -> Verdict:
+    """Judge ``claim`` from per-seed scores of ``claim.row_a`` and ``claim.row_b`` (lists, or ``{seed: score}``),
+    ``items`` the number of test items each row's scores are over (see :func:`difference_interval`).
 
     ``greater`` / ``less``: the difference's interval entirely on the expected side of 0 -> "reproduced", entirely
     on the other side -> "contradicted", containing 0 -> "inconclusive". ``on_par``: the interval inside
     [-margin, +margin] -> "reproduced", entirely outside it -> "contradicted", else "inconclusive" (with
     ``level=0.90`` the equivalence rule is the usual 5% two one-sided tests; at 0.95 it is stricter).
     """
-    interval, test = difference_interval(scores_a, scores_b, level)
+    interval, test = difference_interval(scores_a, scores_b, level, items)
     low, high = interval.low, interval.high
     if claim.direction == "on_par":
         inside, outside = -claim.margin <= low and high <= claim.margin, low > claim.margin or high < -claim.margin
@@ -259,11 +296,20 @@ def metric_value(final: Mapping, metric: str) -> float:
                          "use '<task>' or '<task>.<question type>' of a task the experiment trains") from None
 
 
+def metric_items(finals: Sequence[Mapping], metric: str) -> int | None:
+    """How many test items ``metric`` is scored on in each of these runs' ``final`` summaries (their ``support``;
+    the fewest, if they differ), or None when one of them does not record it."""
+    task, _, key = metric.partition(".")
+    counts = [((final.get(task) or {}).get("support") or {}).get(key or "overall") for final in finals]
+    return None if not counts or None in counts else int(min(counts))
+
+
 def verdict_table(claims: Sequence[Claim], results: Mapping[str, Mapping[int, Mapping]], level: float = 0.95) -> str:
     """The report's opening table: one markdown row per claim with its difference, interval, test and verdict.
 
-    ``results[experiment][seed]`` is that run's ``final`` summary (see :func:`metric_value`). A claim whose rows
-    have not run (or ran fewer than 2 seeds) gets "not run" in place of a verdict.
+    ``results[experiment][seed]`` is that run's ``final`` summary (see :func:`metric_value`); where the summaries
+    record their ``support`` (items per score), the intervals are floored at the scoring's binomial error. A claim
+    whose rows have not run (or ran fewer than 2 seeds) gets "not run" in place of a verdict.
     """
     lines = [f"| claim | paper | rows (a vs b) | metric | expected | a - b ({level:.0%} interval) | test | verdict |",
              "|---|---|---|---|---|---|---|---|"]
@@ -276,7 +322,8 @@ def verdict_table(claims: Sequence[Claim], results: Mapping[str, Mapping[int, Ma
             lines.append(f"{head} - | - | not run ({', '.join(missing)}: needs 2+ seeds) |")
             continue
         a, b = ({int(s): metric_value(final, claim.metric) for s, final in r.items()} for r in runs)
-        v = verdict(claim, a, b, level)
+        items = [metric_items(list(r.values()), claim.metric) for r in runs]
+        v = verdict(claim, a, b, level, None if None in items else tuple(items))
         lines.append(f"{head} {100 * v.difference:+.1f} pts [{100 * v.low:+.1f}, {100 * v.high:+.1f}] | {v.test} "
                      f"| **{v.verdict}** |")
     return "\n".join(lines)
