@@ -21,6 +21,11 @@ def test_cell_is_never_narrower_than_the_scoring():
             1: {"final": {"understanding": {"accuracy": {"overall": 0.9}, "support": {"overall": 658}}}}}
     assert seed_items(runs, "final", "understanding", "overall") == 658
     assert seed_items(runs, "final", "generation", "overall") is None
+    # a seed whose test set states no relation (support 0, score NaN, left out) does not set the count to 0
+    runs = {s: {"final": {"generation": {"accuracy": {"position": a}, "support": {"position": n}}}}
+            for s, (a, n) in enumerate([(float("nan"), 0), (0.5, 12), (0.25, 12)])}
+    assert seed_items(runs, "final", "generation", "position") == 12
+    assert cell(seed_scores(runs, "final", "generation", "position"), 12).startswith("37.5 ± ")
 
 
 def test_seed_scores_skip_seeds_without_the_task():

@@ -298,10 +298,13 @@ def metric_value(final: Mapping, metric: str) -> float:
 
 def metric_items(finals: Sequence[Mapping], metric: str) -> int | None:
     """How many test items ``metric`` is scored on in each of these runs' ``final`` summaries (their ``support``;
-    the fewest, if they differ), or None when one of them does not record it."""
+    the fewest, if they differ), or None when one of them does not record it. A run with no such item (support
+    0; its score is NaN and left out of the figures) does not count."""
     task, _, key = metric.partition(".")
     counts = [((final.get(task) or {}).get("support") or {}).get(key or "overall") for final in finals]
-    return None if not counts or None in counts else int(min(counts))
+    if None in counts or not any(counts):
+        return None
+    return int(min(c for c in counts if c))
 
 
 def verdict_table(claims: Sequence[Claim], results: Mapping[str, Mapping[int, Mapping]], level: float = 0.95) -> str:
