@@ -91,7 +91,8 @@ def test_generate_gives_pngs_with_per_image_seeds(client, loaded):
     images = [_pixels(b64) for b64 in out["images"]]
     assert all(image.shape == (32, 32, 3) for image in images)
     ids, mask = processor.generation_prompts(["a red circle"] * 2)
-    expected = model.generate_images(ids, mask, pad_id=processor.pad_id, seed=[5, 6], **cfg.sample)  # the model's own sampling
+    # the server samples with the model's own settings (config.yaml's sample:)
+    expected = model.generate_images(ids, mask, pad_id=processor.pad_id, seed=[5, 6], **cfg.sample)
     expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert all(np.array_equal(image, want) for image, want in zip(images, expected))
     greedy = client.post("/v1/generate", json={"prompt": "a red circle", "temperature": 0, "top_k": 3}).json()
