@@ -95,6 +95,23 @@ def test_convert(capsys, tmp_path):
         assert torch.equal(converted.state_dict()[key], value), key
 
 
+def test_convert_leaves_out_the_runs_train_section(tmp_path):
+    """A run's final/ carries its recipe (data and output paths of the machine that trained it); the model folder
+    converted from it keeps name, model, processor and sample only."""
+    from omegaconf import OmegaConf
+
+    from unimm.pretrained import save_pretrained
+
+    model, processor, cfg = unimm.load_pretrained(JANUS)
+    run_cfg = OmegaConf.merge(cfg, {"sample": {"temperature": 0.7}, "train": {"output_dir": "/elsewhere/runs/x"}})
+    save_pretrained(model, processor, run_cfg, tmp_path / "final")
+    assert "train" in OmegaConf.load(tmp_path / "final" / "config.yaml")
+    assert main(["convert", str(tmp_path / "final"), str(tmp_path / "model")]) == 0
+    written = OmegaConf.load(tmp_path / "model" / "config.yaml")
+    assert "train" not in written and written.sample.temperature == 0.7
+    assert OmegaConf.to_container(written.model) == OmegaConf.to_container(cfg.model)
+
+
 def test_convert_bad_source_exits_2(capsys, tmp_path):
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "model folder not found" in capsys.readouterr().err

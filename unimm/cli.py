@@ -258,7 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .pretrained import save_pretrained
+    from .pretrained import save_pretrained, without_run
 
     model, processor, cfg = _load(args.src, args.overrides, args)
     if args.to == "hf":  # transformers' JanusForConditionalGeneration layout (unimm.checkpoint.hf_janus)
@@ -267,12 +267,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(save_hf(model, processor, args.dst))
         return
     record_imports(cfg, args.imports)  # the converted folder imports them again when loaded
-    print(save_pretrained(model, processor, cfg, args.dst))
+    print(save_pretrained(model, processor, without_run(cfg), args.dst))
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> None:
     """A LoRA folder (adapters + base path, from a ``train.lora`` run) -> a plain unimm model folder."""
-    from .pretrained import save_pretrained
+    from .pretrained import save_pretrained, without_run
     from .registry import InputError
     from .train.lora import ADAPTER_CONFIG, merge_adapters
 
@@ -280,7 +280,7 @@ def cmd_merge_lora(args: argparse.Namespace) -> None:
         raise InputError(f"{args.src} is not a LoRA folder (no {ADAPTER_CONFIG}); give the final/ folder of a run "
                          "with train.lora")
     model, processor, cfg = _load(args.src, [], args)
-    print(save_pretrained(merge_adapters(model), processor, cfg, args.dst))
+    print(save_pretrained(merge_adapters(model), processor, without_run(cfg), args.dst))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -164,6 +164,13 @@ def _hf_janus_folder(folder: Path, overrides) -> tuple[DictConfig, dict, int]:
     return cfg, from_hf(load_weights(folder)), num_tokens
 
 
+def without_run(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without its ``train:`` section: what a model folder made from a run's ``final/`` keeps (``unimm
+    convert``, ``unimm merge-lora``). That section is the run's recipe, with its data and output paths on the
+    machine that trained it; a model needs only ``name``, ``model``, ``processor``, ``sample`` and ``imports``."""
+    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "train"})
+
+
 def save_pretrained(model: UnifiedModel, processor: Processor, cfg: DictConfig, path: str | Path,
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` in unimm's format: ``config.yaml``, ``model.safetensors`` and the tokenizer files.
