@@ -24,6 +24,7 @@ from unimm.bench.shapes import (
     make_split,
     relations_between,
     split_of,
+    where_questions,
 )
 from unimm.registry import ConfigError, InputError
 
@@ -189,6 +190,50 @@ def test_scene_round_trips_through_dicts():
     assert Spec.from_dict(json.loads(json.dumps(s.spec.to_dict()))) == s.spec
     shape = s.scene.shapes[0]
     assert d["shapes"][0]["bbox"] == list(shape.bbox) and d["shapes"][0]["centre"] == list(shape.centre)
+
+
+def test_patch_labels_name_the_shape_under_each_cell():
+    scene = Scene(32, (Shape("circle", "red", 0, 0, 16), Shape("square", "blue", 20, 20, 12)))
+    red, blue = "red circle", "blue square"
+    assert scene.patch_labels(4) == (red, red, None, None, red, red, None, None,
+                                     None, None, blue, blue, None, None, blue, blue)
+    assert scene.patch_labels(4, min_cover=0.3)[10] is None  # the square covers a quarter of that cell
+    assert scene.patch_labels(1) == (None,) and scene.patch_labels(2) == (red, None, None, blue)
+    # On varied scenes: a labelled cell shows at least a quarter of that shape's colour in the hard-edged drawing
+    for index in range(20):
+        sample = make_sample("train", index, config=ShapesConfig(max_shapes=3))
+        hard = Scene(sample.scene.image_size, sample.scene.shapes, sample.scene.background, supersample=1)
+        pixels, cell = np.asarray(hard.render()), 32 // 4
+        for k, label in enumerate(hard.patch_labels(4)):
+            if label is not None:
+                block = pixels[k // 4 * cell:(k // 4 + 1) * cell, k % 4 * cell:(k % 4 + 1) * cell]
+                colour = PALETTE[label.split()[0]]
+                assert (block == colour).all(-1).mean() >= 0.25, (index, k, label)
+    with pytest.raises(InputError, match="grid 0 must be between 1 and the image side 32"):
+        scene.patch_labels(0)
+
+
+def test_where_questions_are_decided_by_one_fact():
+    # a circle top left, a triangle top right, a square in the middle
+    scene = Scene(32, (Shape("circle", "red", 0, 0, 10), Shape("square", "blue", 12, 12, 8),
+                       Shape("triangle", "green", 24, 2, 8)))
+    asked = {q.question: q.answer for q in where_questions(scene)}
+    assert {q.qtype for q in where_questions(scene)} == {"where"}
+    assert asked["is the circle on the left?"] == asked["is the circle at the top?"] == "yes"
+    assert asked["is the triangle on the left?"] == "no" and asked["is the triangle at the top?"] == "yes"
+    assert "is the square on the left?" not in asked  # its centre (16) is the middle: no answer is clear
+    assert asked["is the circle to the left of the triangle?"] == "yes"
+    assert asked["is the triangle to the left of the circle?"] == "no"
+    assert not any("right of" in q or "below" in q for q in asked)  # one direction per axis
+    assert not any(q.startswith("what shape") for q in asked)  # only for a pair
+    pair = Scene(32, (Shape("circle", "red", 20, 2, 10), Shape("square", "blue", 2, 4, 10)))
+    assert {q.question: q.answer for q in where_questions(pair)}["what shape is on the left?"] == "square"
+    # a config with where_questions adds them to the same samples' own questions, and says so in its record
+    plain, where = ShapesConfig(), ShapesConfig(where_questions=True)
+    for index in range(30):
+        a, b = make_sample("train", index, config=plain), make_sample("train", index, config=where)
+        assert b.scene == a.scene and b.qa == a.qa + where_questions(a.scene)
+    assert where.to_dict()["where_questions"] is True and "where_questions" not in plain.to_dict()
 
 
 def test_bad_configs_say_what_to_change():

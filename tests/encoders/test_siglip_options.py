@@ -18,8 +18,28 @@ def test_without_the_attention_pool_head():
     assert not any(".attn_pool." in f".{k}" for k in encoder.state_dict())
     assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 16, 32)
     with pytest.raises(ConfigError, match="no attention-pool head"):
-        encoder.pooled(torch.zeros(1, 3, 32, 32))
+        encoder.pool(encoder(torch.zeros(1, 3, 32, 32)))
     assert any(k.startswith("vit.attn_pool.") for k in SigLIPEncoder(**SIZES).state_dict())
+
+
+def test_position_codes_add_the_grid_to_the_tokens_and_are_not_weights():
+    plain = SigLIPEncoder(**SIZES)
+    coded = SigLIPEncoder(**SIZES, position_codes=True)
+    assert set(coded.state_dict()) == set(plain.state_dict())  # a checkpoint loads the same with or without
+    coded.load_state_dict(plain.state_dict())
+    pixels = torch.randn(2, 3, 32, 32)
+    codes = coded(pixels) - plain(pixels)  # (2, 16, 32): the same for every image, one per patch
+    assert torch.allclose(codes[0], codes[1], atol=1e-6)
+    assert torch.cdist(codes[0], codes[0]).add(torch.eye(16)).min() > 0.5  # no two patches alike
+    # row-major, a row's code and a column's: patches in one row agree on (at least) half of the dimensions,
+    # patches in one column on the other half
+    grid = codes[0].view(4, 4, 32)
+    row_half = (grid[:, :1] - grid).abs().amax(dim=(0, 1)) < 1e-5      # dims every row shares along its columns
+    column_half = (grid[:1] - grid).abs().amax(dim=(0, 1)) < 1e-5   # dims every column shares along its rows
+    assert row_half.sum() >= 16 and column_half.sum() >= 16 and (row_half | column_half).all()
+    assert torch.allclose(plain.pool(plain(pixels)), coded.pool(plain(pixels)))
+    with pytest.raises(ConfigError, match="position_codes needs a width divisible by 4, got 30"):
+        SigLIPEncoder(**{**SIZES, "width": 30, "heads": 2}, position_codes=True)
 
 
 def test_the_transform_follows_the_image_processor_named():

@@ -129,6 +129,43 @@ def test_parts_trained_on_other_images_are_trained_again(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_patch_labels_pretrain_the_encoder_again_and_score_its_tokens(smoke_run, tmp_path):
+    # und_encoder_pretraining.patch_labels: the kept ViT was made without them, so it is trained again, each of
+    # its 16 tokens labelled with the object under it, and the held-out score counts those labels too
+    from unimm.experiments.prepare import encoder_job, kept_und_encoder, prepare_data, pretrain_und_encoder
+
+    spec, out, _ = smoke_run
+    shutil.copytree(out / "data", tmp_path / "data")
+    shutil.copytree(out / "encoders", tmp_path / "encoders")
+    dense = load_experiments("experiments/shapes", ["und_encoder_pretraining.patch_labels=true"], budget="smoke")
+    data = prepare_data(dense, tmp_path)
+    assert kept_und_encoder(spec, tmp_path, data) is not None and kept_und_encoder(dense, tmp_path, data) is None
+    encoder = pretrain_und_encoder(dense, encoder_job(dense), tmp_path, data)
+    assert encoder["settings"]["patch_labels"] is True and 0.0 <= encoder["held_out"]["patch"] <= 1.0
+    saved = json.loads((tmp_path / "encoders" / "und_encoder" / "config.json").read_text())
+    assert saved["pretraining"]["objective"].endswith("+ softmax over patch labels")
+    assert kept_und_encoder(dense, tmp_path, data) is not None
+
+
+@pytest.mark.slow
+def test_where_questions_join_the_training_split_only_and_keep_the_tokenizer(smoke_run, tmp_path):
+    # data.where_questions: the training split is exported again with them (its runs train again), the test split
+    # is not, and the VQ tokenizer, which never reads questions, is kept
+    from unimm.bench.export import read_jsonl
+    from unimm.experiments.prepare import autoencoder_jobs, kept_autoencoder, prepare_data
+
+    spec, out, _ = smoke_run
+    for part in ("data", "autoencoders"):
+        shutil.copytree(out / part, tmp_path / part)
+    where = load_experiments("experiments/shapes", ["data.where_questions=true"], budget="smoke")
+    data = prepare_data(where, tmp_path)
+    assert {r["qtype"] for r in read_jsonl(data["train"] / "und.jsonl")} >= {"where", "colour"}
+    assert "where" not in {r["qtype"] for r in read_jsonl(data["test"] / "und.jsonl")}
+    assert (data["test"] / "info.json").read_bytes() == (out / "data" / "test" / "info.json").read_bytes()
+    assert all(kept_autoencoder(where, kind, tmp_path, data) is not None for kind in autoencoder_jobs(where))
+
+
+@pytest.mark.slow
 def test_an_interrupted_experiment_restarts_cleanly(smoke_run):
     spec, out, _ = smoke_run
     folder = run(out, "gen_only", 1)

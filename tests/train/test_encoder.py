@@ -12,7 +12,7 @@ from unimm.build import build_processor
 from unimm.data.images import GenerationImageTransform
 from unimm.pretrained import load_pretrained, save_pretrained
 from unimm.registry import ENCODERS, ConfigError
-from unimm.train.encoder import label_targets, pretrain_encoder
+from unimm.train.encoder import label_targets, patch_targets, pretrain_encoder
 
 # janus_tiny's understanding encoder
 VIT = dict(type="siglip", variant=None, image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_ratio=2.0)
@@ -50,6 +50,36 @@ def test_pretraining_learns_the_labels_and_saves_a_loadable_encoder(tmp_path):
     assert not torch.equal(loaded(pixels), fresh(pixels))
     again = ENCODERS.build({**VIT, "path": str(tmp_path / "vit")}, where="x")  # agreeing sizes are fine
     assert torch.equal(again(pixels), loaded(pixels))
+
+
+def test_patch_labels_teach_each_token_what_it_shows(tmp_path):
+    # One large shape per image; each of the 4 x 4 patch tokens learns the colour under it or the ground. Always
+    # answering "ground" would score that share of held-out patches (about 77%); 150 steps get above 90%.
+    samples = make_split("train", 96, config=ShapesConfig(max_shapes=1, min_size=0.4, max_size=0.5))
+    images, labels = _images(samples), [[s.scene.shapes[0].colour] for s in samples]
+    patches = [[None if p is None else p.split()[0] for p in s.scene.patch_labels(4)] for s in samples]
+    names = sorted({colour for (colour,) in labels})
+    ground = (patch_targets(patches[64:], names, 16) == len(names)).float().mean().item()
+    result = pretrain_encoder(VIT, images[:64], labels[:64], tmp_path / "vit", steps=150, batch_size=16, lr=1e-2,
+                              held_out=(images[64:], labels[64:], patches[64:]), patch_labels=patches[:64],
+                              label_names=names)
+    assert ground < 0.85 and result["held_out"]["patch"] >= 0.9 > ground + 0.05, (ground, result)
+    assert result["held_out"]["exact"] >= 0.9, result
+    saved = json.loads((tmp_path / "vit" / "config.json").read_text())
+    assert saved["pretraining"]["objective"] == "sigmoid over label phrases + softmax over patch labels"
+
+
+def test_patch_label_errors_say_what_to_fix(data, tmp_path):
+    images, labels = data
+    with pytest.raises(ConfigError, match="image 0 has 3 patch labels but the encoder gives 16 tokens"):
+        pretrain_encoder(VIT, images, labels, tmp_path / "x", patch_labels=[[None] * 3] * len(images))
+    with pytest.raises(ConfigError, match="one per image"):
+        pretrain_encoder(VIT, images, labels, tmp_path / "x", patch_labels=[[None] * 16])
+    with pytest.raises(ConfigError, match="patch 2: label 'purple circle' is not one of the 1 names"):
+        patch_targets([[None, None, "purple circle"]], ["red circle"], 3)
+    with pytest.raises(ConfigError, match=r"held_out needs \(images, labels, patch_labels\)"):
+        pretrain_encoder(VIT, images, labels, tmp_path / "x", steps=1, batch_size=8, held_out=(images, labels),
+                         patch_labels=[[None] * 16] * len(images))
 
 
 def test_a_model_with_a_pretrained_encoder_saves_self_contained(data, tmp_path):

@@ -153,6 +153,8 @@ def build_parser(prog: str = "unimm bench export") -> argparse.ArgumentParser:
                    help="vary render size, shape size, background and anti-aliasing per image (unimm.bench.shapes)")
     p.add_argument("--plain-targets", action="store_true",
                    help="with --variations: text-to-image targets drawn on the plain ground (plain/, t2i.jsonl)")
+    p.add_argument("--where-questions", action="store_true",
+                   help="add first-order position questions, tagged 'where' (for training; unimm.bench.shapes)")
     p.add_argument("--overwrite", action="store_true", help="replace an exported split already in OUT")
     return p
 
@@ -161,7 +163,8 @@ def export_main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``unimm bench export OUT [--split S] [--n N] [--seed K] [--image-size P] ...``."""
     args = build_parser().parse_args(argv)
     cfg = ShapesConfig(image_size=args.image_size, min_shapes=args.min_shapes, max_shapes=args.max_shapes,
-                       variations=args.variations, plain_targets=args.plain_targets)
+                       variations=args.variations, plain_targets=args.plain_targets,
+                       where_questions=args.where_questions)
     out = export_split(args.out, args.split, args.n, args.seed, cfg, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} images to {out}")
     return 0

@@ -30,6 +30,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from unimm.registry import ConfigError, InputError
@@ -288,7 +289,8 @@ _CLAUSE = re.compile(
 
 @dataclass(frozen=True)
 class QAItem:
-    """One understanding question with its single-word answer and type (one of :data:`QUESTION_TYPES`)."""
+    """One understanding question with its single-word answer and type (one of :data:`QUESTION_TYPES`, or
+    ``"where"`` for the training-only :func:`where_questions`)."""
 
     question: str
     answer: str
@@ -296,6 +298,17 @@ class QAItem:
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "qtype": self.qtype}
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, scale: int, fill) -> None:
+    """Draw ``shape`` at ``scale`` times its box with ``fill`` (an RGB triple, or a level on an "L" image)."""
+    x0, y0, x1, y1 = (v * scale for v in shape.bbox)
+    if shape.kind == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif shape.kind == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([((x0 + x1) / 2.0, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
 
 
 @dataclass(frozen=True)
@@ -317,17 +330,34 @@ class Scene:
         big = Image.new("RGB", (self.image_size * s, self.image_size * s), tuple(self.background))
         draw = ImageDraw.Draw(big)
         for shape in self.shapes:
-            x0, y0, x1, y1 = (v * s for v in shape.bbox)
-            fill = PALETTE[shape.colour]
-            if shape.kind == "circle":
-                draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-            elif shape.kind == "square":
-                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-            else:
-                draw.polygon([((x0 + x1) / 2.0, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+            _draw_shape(draw, shape, s, PALETTE[shape.colour])
         if s == 1:
             return big
         return big.resize((self.image_size, self.image_size), Image.Resampling.BOX)
+
+    def patch_labels(self, grid: int, min_cover: float = 0.25) -> tuple[str | None, ...]:
+        """What each cell of a ``grid`` x ``grid`` partition of the image shows, row by row from the top left:
+        the name (``"red circle"``) of the shape that covers most of the cell if it covers at least ``min_cover``
+        of it, else None (the ground). A ViT with ``grid`` patches a side learns these per token
+        (:func:`unimm.train.encoder.pretrain_encoder`'s ``patch_labels``). Cover is counted on the hard-edged
+        drawing at ``image_size``, each pixel in the cell its centre falls in."""
+        if not 1 <= grid <= self.image_size:
+            raise InputError(f"grid {grid} must be between 1 and the image side {self.image_size}")
+        owner = Image.new("L", (self.image_size, self.image_size), 0)
+        draw = ImageDraw.Draw(owner)
+        for k, shape in enumerate(self.shapes, start=1):
+            _draw_shape(draw, shape, 1, k)
+        owner_ids = np.asarray(owner)
+        cell = (np.arange(self.image_size) + 0.5) * grid // self.image_size  # each pixel row/column's cell
+        labels = []
+        for gy in range(grid):
+            rows = owner_ids[cell == gy]
+            for gx in range(grid):
+                block = rows[:, cell == gx]
+                counts = np.bincount(block.ravel(), minlength=len(self.shapes) + 1)[1:]
+                covered = counts.size and counts.max() >= min_cover * block.size
+                labels.append(self.shapes[int(counts.argmax())].name if covered else None)
+        return tuple(labels)
 
     def spec(self) -> Spec:
         """The spec its caption states: every shape, and for each shape after the first its clearest relation to
@@ -420,6 +450,8 @@ class ShapesConfig:
             (:data:`BACKGROUND`, anti-aliased, at the scene's side; :meth:`Sample.plain_image`): a caption says which
             shapes are where, not the ground, so a varied ground would be entropy the prompt cannot control. The
             images to understand stay varied.
+        where_questions: add :func:`where_questions` to each sample's questions (for a training split: they are
+            tagged ``"where"``, which no score reads).
     """
 
     image_size: int = 32
@@ -433,9 +465,10 @@ class ShapesConfig:
     background: tuple[int, int, int] = field(default=BACKGROUND)
     variations: bool = False
     plain_targets: bool = False
+    where_questions: bool = False
 
     def __post_init__(self):
-        for name in ("variations", "plain_targets"):
+        for name in ("variations", "plain_targets", "where_questions"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.plain_targets and not self.variations:
@@ -490,6 +523,7 @@ class ShapesConfig:
             "background": list(self.background),
             **({"variations": VARIATIONS} if self.variations else {}),
             **({"generation_targets": "plain"} if self.plain_targets else {}),
+            **({"where_questions": True} if self.where_questions else {}),
         }
 
 
@@ -615,6 +649,50 @@ def make_questions(scene: Scene, draws: _Draws, cfg: ShapesConfig) -> tuple[QAIt
     return tuple(out)
 
 
+#: How :func:`where_questions` names the side of the picture a relation points to.
+SIDES: dict[str, str] = {"left of": "on the left", "above": "at the top"}
+
+
+def where_questions(scene: Scene, margin: float = 0.15) -> tuple[QAItem, ...]:
+    """Training questions about position whose answer follows from one fact, tagged ``"where"``.
+
+    The benchmark's position question (:func:`make_questions`) asks a relation or its opposite with equal odds,
+    so its answer is the exclusive or of two facts (which relation is asked, which way the shapes lie): neither
+    alone says anything about it, and training finds no slope to start down (docs/reproduce.md, "Known limits").
+    These ask one direction per axis, so that where one shape lies decides the answer:
+
+    * ``"is the circle on the left?"`` / ``"... at the top?"``: the shape's centre against the picture's middle,
+      asked when it is at least ``margin`` of the side away from it;
+    * ``"is the circle to the left of the square?"`` / ``"... above ..."``: a pair with a clear relation on that
+      axis (:data:`CLEAR_RELATION`), both ways round;
+    * ``"what shape is on the left?"`` / ``"... at the top?"``: of such a pair of two kinds, the shape there.
+    """
+    shapes, side = scene.shapes, scene.image_size
+    out = []
+    for i, shape in enumerate(shapes):
+        cx, cy = shape.centre
+        for rel, c in (("left of", cx / side), ("above", cy / side)):
+            if abs(c - 0.5) >= margin:
+                out.append(QAItem(f"is the {_reference(scene, i)} {SIDES[rel]}?", "yes" if c < 0.5 else "no", "where"))
+    for i in range(len(shapes)):
+        for j in range(len(shapes)):
+            if i == j:
+                continue
+            relations = relations_between(shapes[i].bbox, shapes[j].bbox)
+            for rel in SIDES:
+                if relations.get(rel, 0.0) >= CLEAR_RELATION:
+                    truth = True
+                elif relations.get(OPPOSITE[rel], 0.0) >= CLEAR_RELATION:
+                    truth = False
+                else:
+                    continue
+                question = f"is the {_reference(scene, i)} {RELATION_WORDS[rel]} the {_reference(scene, j)}?"
+                out.append(QAItem(question, "yes" if truth else "no", "where"))
+                if truth and len(shapes) == 2 and shapes[i].kind != shapes[j].kind:
+                    out.append(QAItem(f"what shape is {SIDES[rel]}?", shapes[i].kind, "where"))
+    return tuple(out)
+
+
 def sample_scene(seed: int | str, config: ShapesConfig | None = None) -> Scene:
     """One scene from its own stream ``seed`` (any split). Deterministic."""
     return _sample_scene(_Draws(f"unimm-shapes/scene/{seed}"), config or ShapesConfig())
@@ -708,7 +786,7 @@ def make_sample(split: str, index: int, seed: int = 0, config: ShapesConfig | No
         scene=scene,
         spec=spec,
         caption=spec.caption(),
-        qa=make_questions(scene, draws, cfg),
+        qa=make_questions(scene, draws, cfg) + (where_questions(scene) if cfg.where_questions else ()),
     )
 
 

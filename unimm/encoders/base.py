@@ -126,8 +126,8 @@ class UnderstandingEncoder(nn.Module, ABC):
 class PretrainableEncoder(Protocol):
     """An encoder :func:`unimm.train.encoder.pretrain_encoder` can pre-train on labelled images (SigLIP does)."""
 
-    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, out_dim): one embedding per image."""
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, num_tokens, out_dim) patch tokens from ``forward`` -> (B, out_dim): one embedding per image."""
 
     def save(self, folder, notes: dict | None = None):
         """Write a folder that the encoder's ``path:`` argument loads back."""

@@ -50,6 +50,11 @@ class SigLIPEncoder(UnderstandingEncoder):
             ``VLMImageProcessor`` (PIL resize of the long side with truncated sizes, pad, normalise);
             ``"transformers"``: transformers' own ``JanusImageProcessor`` (tensor resize with rounded sizes), which
             folders in transformers' Janus layout use. The two differ by a pixel of size or a level of colour.
+        position_codes: add fixed 2-D sin-cos codes of each patch's row and column (timm's
+            ``build_sincos2d_pos_embed``, as MAE's) to the output tokens. Off for the released models, whose
+            SigLIP tokens carry where they are; a small ViT pre-trained to pool object labels
+            (:mod:`unimm.train.encoder`) keeps almost none of that, and the LLM then cannot tell left from right.
+            The codes are not weights: a checkpoint loads the same with or without them.
 
     Input: (B, 3, image_size, image_size) normalised pixels. Output: (B, num_tokens, out_dim).
     """
@@ -69,6 +74,7 @@ class SigLIPEncoder(UnderstandingEncoder):
         path: str | None = None,
         attention_pool: bool = True,
         image_processor: str = "reference",
+        position_codes: bool = False,
         *,
         where: str = "model.und_encoder",
     ):
@@ -119,6 +125,15 @@ class SigLIPEncoder(UnderstandingEncoder):
         self.architecture = dict(image_size=self.image_size, patch_size=self.patch_size, width=int(sizes["width"]),
                                  layers=depth, heads=int(sizes["heads"]), mlp_ratio=float(sizes["mlp_ratio"]),
                                  pixel_mean=list(self.pixel_mean), pixel_std=list(self.pixel_std))
+        self.position_codes = bool(position_codes)
+        if self.position_codes:
+            from timm.layers import build_sincos2d_pos_embed
+
+            side = self.image_size // self.patch_size
+            if self.vit.embed_dim % 4:
+                raise ConfigError(f"{where}.position_codes needs a width divisible by 4, got {self.vit.embed_dim}")
+            codes = build_sincos2d_pos_embed([side, side], dim=self.vit.embed_dim)  # (side * side, width), row-major
+            self.register_buffer("grid_codes", codes.unsqueeze(0), persistent=False)
         if path is not None:
             from ..checkpoint.io import load_into, load_weights
 
@@ -136,8 +151,10 @@ class SigLIPEncoder(UnderstandingEncoder):
         return (self.image_size // self.patch_size) ** 2
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm."""
-        return self.vit.forward_features(pixel_values)
+        """(B, 3, S, S) normalised pixels -> (B, num_tokens, out_dim) patch features after the final norm (plus
+        the grid's codes with ``position_codes``)."""
+        tokens = self.vit.forward_features(pixel_values)
+        return tokens + self.grid_codes.to(tokens.dtype) if self.position_codes else tokens
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         """Position embeddings saved for another image size are resampled to this one (bicubic, timm's own
@@ -159,13 +176,14 @@ class SigLIPEncoder(UnderstandingEncoder):
             return TransformersJanusTransform(self.image_size, self.pixel_mean, self.pixel_std)
         return super().transform()
 
-    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, out_dim): one embedding per image from SigLIP's attention-pool ("MAP") head, the
-        pooling its image-text pre-training uses (Janus keeps the head in the checkpoint but reads patch tokens)."""
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, num_tokens, width) tokens from :meth:`forward` -> (B, width): one embedding per image from SigLIP's
+        attention-pool ("MAP") head, the pooling its image-text pre-training uses (Janus keeps the head in the
+        checkpoint but reads patch tokens)."""
         if self.vit.attn_pool is None:
             raise ConfigError("model.und_encoder: this SigLIP encoder has no attention-pool head "
                               "(attention_pool: false); pool its patch tokens yourself")
-        return self.vit.forward_head(self.forward(pixel_values))
+        return self.vit.forward_head(tokens)
 
     def save(self, folder: str | Path, notes: dict | None = None) -> Path:
         """Write ``config.json`` (:attr:`architecture` plus ``notes``) and ``model.safetensors``;

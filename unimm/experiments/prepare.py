@@ -20,6 +20,7 @@ the first seed of ``budget.seeds``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..images import save_grid
-from ..registry import ConfigError
+from ..registry import ENCODERS, ConfigError
 from .spec import architectures, plain_config
 
 SPLITS = ("train", "test", "elsewhere")
@@ -40,7 +41,9 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
 
     ``elsewhere`` (test scenes drawn by another method, :mod:`unimm.bench.elsewhere`) is exported when
     ``data.elsewhere`` > 0; ``data.variations`` varies what should not matter in the train and test renders, and
-    ``data.plain_targets`` draws the text-to-image targets on the plain ground (``ShapesConfig.plain_targets``).
+    ``data.plain_targets`` draws the text-to-image targets on the plain ground (``ShapesConfig.plain_targets``)
+    and ``data.where_questions`` adds the first-order position questions to the training split
+    (:func:`unimm.bench.shapes.where_questions`).
     """
     from ..bench.export import export_split, split_info
     from ..bench.shapes import ShapesConfig
@@ -48,6 +51,7 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
     folders = {}
     variations = bool(spec.data.get("variations", False))
     plain_targets = bool(spec.data.get("plain_targets", False))
+    where = bool(spec.data.get("where_questions", False))
     for split in SPLITS:
         n = int(spec.data.get(split) or 0)
         if n <= 0:
@@ -56,7 +60,8 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
             continue
         folder = out / "data" / split
         config = ShapesConfig(variations=variations and split != "elsewhere",
-                              plain_targets=plain_targets and split != "elsewhere")
+                              plain_targets=plain_targets and split != "elsewhere",
+                              where_questions=where and split == "train")  # training questions only
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").is_file() else {}
         wanted = {"n": n, **split_info(split, int(spec.data.seed), config)}  # a change of drawing re-exports
         if force or {k: info.get(k) for k in wanted} != wanted:
@@ -66,8 +71,11 @@ def prepare_data(spec: DictConfig, out: Path, force: bool = False) -> dict[str, 
 
 
 def train_data(data: dict[str, Path]) -> dict[str, Any]:
-    """How the training images were made (their ``info.json``): a part trained on other images is trained again."""
-    return json.loads((data["train"] / "info.json").read_text())
+    """How the training images were made (their ``info.json``): a part trained on other images is trained again.
+    The questions asked about them (``where_questions``) are left out: the parts trained here never read them."""
+    info = json.loads((data["train"] / "info.json").read_text())
+    info.get("config", {}).pop("where_questions", None)
+    return info
 
 
 def generation_targets(folder: Path) -> list[Path]:
@@ -161,7 +169,8 @@ def encoder_job(spec: DictConfig) -> dict | None:
     for name, exp in spec.experiments.items():
         if exp.get("pretrained_und_encoder"):
             slot = OmegaConf.to_container(plain_config(spec, name).model.und_encoder)
-            slots[name] = {k: v for k, v in slot.items() if k != "path"}
+            # position codes are added to the tokens the LLM reads; pre-training reads the ViT's own
+            slots[name] = {k: v for k, v in slot.items() if k not in ("path", "position_codes")}
     if not slots:
         return None
     first = next(iter(slots.values()))
@@ -175,7 +184,9 @@ def encoder_job(spec: DictConfig) -> dict | None:
 def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str, Path],
                          force: bool = False) -> dict[str, Any]:
     """Pre-train the shared understanding encoder on the training images labelled with their objects
-    (``"red circle"``); returns its wall time, settings and label accuracy on the test images."""
+    (``"red circle"``), and with ``patch_labels: true`` each patch with the object under it
+    (:meth:`unimm.bench.shapes.Scene.patch_labels`); returns its wall time, settings and label accuracy on the
+    test images."""
     from ..bench.export import load_specs
     from ..train.autoencoder import load_image_tensor
     from ..train.encoder import pretrain_encoder
@@ -185,18 +196,25 @@ def pretrain_und_encoder(spec: DictConfig, slot: dict, out: Path, data: dict[str
     if kept is not None:
         return kept
 
-    def labelled(split: str) -> tuple[torch.Tensor, list[list[str]]]:
+    settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
+    by_patch = bool(settings.get("patch_labels", False))
+    grid = math.isqrt(ENCODERS.build(dict(slot), where="model.und_encoder").num_tokens) if by_patch else 0
+
+    def labelled(split: str) -> tuple:
+        """(images, label lists) of a split; with patch labels, also each image's per-patch labels."""
         items = load_specs(data[split])
         images = load_image_tensor([p for p, _, _ in items], image_size(data[split]))
-        return images, [[shape.name for shape in scene.shapes] for _, _, scene in items]
+        labels = [[shape.name for shape in scene.shapes] for _, _, scene in items]
+        return (images, labels, [scene.patch_labels(grid) for _, _, scene in items]) if by_patch else (images, labels)
 
     started = time.time()
-    settings = dict(OmegaConf.to_container(spec.und_encoder_pretraining))
-    images, labels = labelled("train")
+    train = labelled("train")
     benchmark = json.loads((data["train"] / "info.json").read_text())["config"]
     names = [f"{colour} {kind}" for colour in benchmark["colours"] for kind in benchmark["kinds"]]
-    result = pretrain_encoder(slot, images, labels, folder, seed=int(spec.budget.seeds[0]),
-                              held_out=labelled("test"), label_names=names, **settings)
+    result = pretrain_encoder(slot, train[0], train[1], folder, seed=int(spec.budget.seeds[0]),
+                              held_out=labelled("test"), label_names=names,
+                              patch_labels=train[2] if by_patch else None,
+                              **{k: v for k, v in settings.items() if k != "patch_labels"})
     result = {"type": slot["type"], "settings": settings, "data": train_data(data),
               **{k: v for k, v in result.items() if k != "path"},
               "started": round(started, 1), "finished": round(time.time(), 1)}

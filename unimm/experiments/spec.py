@@ -2,7 +2,8 @@
 
 An experiments file (``configs/experiments/shapes.yaml``) has these sections::
 
-    data:        {seed, train, test, elsewhere, variations}   the benchmark splits to export
+    data:        {seed, train, test, elsewhere, variations,   the benchmark splits to export
+                  plain_targets, where_questions}
     budget:      {steps, evals, seeds}                        steps per run, score curves, training seeds
     budgets:     {smoke: {...}, laptop: {...}, gpu: {...}}    profiles: each is merged over the file (--budget)
     autoencoders, und_encoder_pretraining, sample             what is trained once and how images are sampled
@@ -27,10 +28,10 @@ from ..registry import ConfigError
 DEFAULT_EXPERIMENTS = "experiments/shapes"
 DEFAULT_BUDGET = "laptop"
 EXPERIMENTS_KEYS = ("data", "budget", "budgets", "autoencoders", "und_encoder_pretraining", "sample", "experiments")
-DATA_KEYS = ("seed", "train", "test", "elsewhere", "variations", "plain_targets")
+DATA_KEYS = ("seed", "train", "test", "elsewhere", "variations", "plain_targets", "where_questions")
 BUDGET_KEYS = ("steps", "evals", "seeds")
 EXPERIMENT_KEYS = ("config", "overrides", "pretrained_und_encoder", "steps", "init_from")
-PRETRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # pretrain_encoder's settings
+PRETRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "patch_labels")  # pretrain_encoder's settings
 
 
 def load_experiments(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
