@@ -11,11 +11,11 @@ captions:
 * each label ("red circle") has a learned embedding and bias (together a linear layer over the pooled embedding);
 * every (image, label) pair is one binary decision: positive when the label describes the image (sigmoid loss);
 * optionally (``patch_labels``), each patch token also says what it shows (``"red circle"`` or the ground), one
-  softmax over the labels and the ground per token. Pooled labels alone let every token carry a summary of the
-  whole scene and little of where it is; the per-token labels keep what each token shows local, which is what an
-  LLM needs to answer about one object or its place (docs/reproduce.md, "Known limits"). On the shapes benchmark
+  softmax over the labels and the ground per token. Pooled labels alone ask nothing of each token (on the shapes
+  benchmark its tokens kept little of where they are); the per-token labels keep what each token shows local,
+  which is what an LLM needs to answer about one object or its place (docs/reproduce.md, "Known limits"). There
   (40,000 images, 6,000 steps) they also raised the held-out share of images with every pooled label right from
-  94.5% to 99.5%.
+  94.5% to 99.5%, with 98.9% of held-out patches right.
 
 The result is a folder the slot loads with ``path:`` (``config.json`` with the sizes and the label set,
 ``model.safetensors`` with the encoder's weights) and ``train_log.jsonl`` with the losses.
