@@ -93,8 +93,9 @@ class PixelRegressionPath(GenerationPath):
         images = self._pixels(backbone, backbone.embed(prompt_ids), prompt_mask, scale)
         return GenerationOutput(images, images)
 
-    def loss(self, backbone, prompt_embeds, prompt_mask, images, *, und_features=None, generator=None):
-        self.check_prompt(prompt_embeds, prompt_mask)
+    def loss(self, backbone, prompt_embeds, prompt_mask, images, *, und_features=None, generator=None,
+             prompt_positions=None):
+        self.check_prompt(prompt_embeds, prompt_mask, prompt_positions)
         mse = nn.functional.mse_loss(self._pixels(backbone, prompt_embeds, prompt_mask), images)
         return GenerationLoss(mse, {"mse": mse.detach()})
 

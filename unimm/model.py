@@ -262,13 +262,15 @@ class UnifiedModel(nn.Module):
 
     def generation_loss(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, prompt_positions: torch.Tensor | None = None,
     ) -> GenerationLoss:
         """Text-to-image loss of the generation path (image-token CE for VQ, velocity MSE (+REPA) for flow).
 
         Args:
             prompt_ids, prompt_mask: (B, L) left-padded prompts ending with the generation start token.
             images: (B, 3, H, W) targets in [-1, 1] at the generation path's resolution.
+            prompt_positions: (B, L) the prompt's positions, from training batches (:class:`unimm.data.MixtureLoader`),
+                whose dropped captions hold the path's unconditional prompt; default: from ``prompt_mask``.
         """
         path = self._require_generator()
         prompt_embeds = self.backbone.embed(prompt_ids)
@@ -277,7 +279,7 @@ class UnifiedModel(nn.Module):
             with torch.no_grad():
                 und_features = self.und_encoder.alignment_features(images)
         return path.loss(self.backbone, prompt_embeds, prompt_mask, images, und_features=und_features,
-                         generator=generator)
+                         generator=generator, prompt_positions=prompt_positions)
 
 
 def _shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

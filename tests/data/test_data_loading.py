@@ -17,6 +17,7 @@ from unimm.data import (
     GenerationImageTransform, JsonlSource, MixtureLoader, SourceStream, TaskSampler, build_streams,
     load_record_image,
 )
+from unimm.backbones.base import positions_from_mask
 from unimm.data.records import SkipRecord
 from unimm.registry import ConfigError
 
@@ -199,29 +200,70 @@ def test_processes_read_disjoint_records_and_cover_an_epoch(tmp_path):
     assert seen[0] != [f"line {i}" for i in range(0, 10, 2)]  # shuffled
 
 
+def _uncond_path(kind: str):
+    """The generation path of the tiny Janus or JanusFlow model, for its unconditional prompt."""
+    import unimm
+
+    return unimm.build_model("janus_tiny" if kind == "vq" else "janusflow_tiny").generator
+
+
 def test_caption_dropout_rate_and_determinism(tmp_path, processor):
     _png(tmp_path / "a.png")
     manifest = _write_jsonl(tmp_path / "t2i.jsonl", [{"image": "a.png", "caption": f"cap {i}"} for i in range(50)])
+    path = _uncond_path("vq")
 
-    def captions(p: float, seed: int) -> list[str]:
+    def dropped(p: float, seed: int) -> list[bool]:
         streams = {"t2i": SourceStream(JsonlSource(manifest, "generation"), "t2i", seed=seed)}
         loader = MixtureLoader(streams, TaskSampler({"t2i": 1}, seed), processor, batch_size=1,
-                               generation_image_size=8, caption_dropout={"t2i": p}, seed=seed, num_threads=1)
+                               generation_image_size=8, caption_dropout={"t2i": p}, seed=seed, num_threads=1,
+                               unconditional_prompt=path.unconditional_prompt)
         out = []
         for _ in range(400):
             stream = loader.streams["t2i"]
             _, record = stream.next_record()
-            out.append(loader._prepare("t2i", "generation", stream.position - 1, record)["caption"])
+            out.append(loader._prepare("t2i", "generation", stream.position - 1, record)["dropped"])
         return out
 
-    dropped = [c == "" for c in captions(0.3, 0)]
-    assert 0.23 < sum(dropped) / len(dropped) < 0.37
-    assert captions(0.3, 0) == captions(0.3, 0)
-    assert not any(c == "" for c in captions(0.0, 0))
-    # A dropped caption gives exactly the unconditional prompt.
-    ids, mask = processor.generation_prompts(["", "a cat"])
-    uncond, _ = processor.generation_prompts([""])
-    assert torch.equal(ids[0][mask[0].bool()], uncond[0])
+    rate = sum(dropped(0.3, 0)) / 400
+    assert 0.23 < rate < 0.37
+    assert dropped(0.3, 0) == dropped(0.3, 0) != dropped(0.3, 1)
+    assert not any(dropped(0.0, 0))
+
+
+@pytest.mark.parametrize("kind", ["vq", "flow"])
+def test_a_dropped_caption_trains_the_prompt_the_sampler_guides_with(tmp_path, processor, kind):
+    """Caption dropout writes the path's own unconditional prompt (Janus: text padded, still attended; JanusFlow:
+    masked), keeping the conditional prompt's positions, as sampling builds its guidance rows."""
+    _png(tmp_path / "a.png")
+    captions = ["a red circle above a blue square", "a cat"]
+    manifest = _write_jsonl(tmp_path / "t2i.jsonl", [{"image": "a.png", "caption": c} for c in captions])
+    path = _uncond_path(kind)
+    streams = {"t2i": SourceStream(JsonlSource(manifest, "generation"), "t2i", seed=0, shuffle=False)}
+    loader = MixtureLoader(streams, TaskSampler({"t2i": 1}, 0), processor, batch_size=2, generation_image_size=8,
+                           caption_dropout={"t2i": 0.5}, num_threads=1, unconditional_prompt=path.unconditional_prompt)
+    ids, mask = processor.generation_prompts(captions)
+    uncond_ids, uncond_mask = path.unconditional_prompt(ids, mask, processor.pad_id)
+    assert not torch.equal(uncond_ids, ids)
+    seen = set()
+    for _ in range(12):
+        batch = loader.next_batch().inputs
+        assert torch.equal(batch["prompt_positions"], positions_from_mask(mask))
+        for row in range(2):
+            got = (batch["prompt_ids"][row], batch["prompt_mask"][row])
+            if torch.equal(got[0], ids[row]):
+                assert torch.equal(got[1], mask[row])
+                seen.add((row, "cond"))
+            else:
+                assert torch.equal(got[0], uncond_ids[row]) and torch.equal(got[1], uncond_mask[row])
+                seen.add((row, "uncond"))
+    assert len(seen) == 4  # both forms of both rows came up
+
+
+def test_caption_dropout_without_an_unconditional_prompt_is_refused(tmp_path, processor):
+    manifest = _write_jsonl(tmp_path / "t2i.jsonl", [{"image": "a.png", "caption": "a cat"}])
+    streams = {"t2i": SourceStream(JsonlSource(manifest, "generation"), "t2i", seed=0)}
+    with pytest.raises(ConfigError, match="caption dropout needs a generation path"):
+        MixtureLoader(streams, TaskSampler({"t2i": 1}, 0), processor, batch_size=1, caption_dropout={"t2i": 0.1})
 
 
 def test_loader_state_resumes_the_same_batches(tmp_path, processor):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from unimm.backbones.base import positions_from_mask
 from unimm.backbones.causal_lm import llama
 from unimm.generation.flow_path import RectifiedFlowPath, convert_janusflow_gen
 from unimm.registry import GENERATORS, CheckpointError, ConfigError, InputError
@@ -183,6 +184,32 @@ def test_loss_trains_every_new_part_and_not_the_vae():
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), part
     assert all(p.grad is None for p in path.autoencoder.parameters())
     assert backbone.lm.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+def test_loss_on_an_unconditional_row_is_the_samplers_unconditional_velocity():
+    """A dropped caption trains what guidance samples: the loss on the path's unconditional prompt, at the
+    conditional prompt's positions and t = 0, predicts the velocity that sampling's unconditional rows give for
+    the same noise."""
+    backbone, path = _tiny()
+    ids = torch.randint(3, 50, (2, 6))
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    uncond_ids, uncond_mask = path.unconditional_prompt(ids, mask, pad_id=2)
+    assert uncond_mask[:, -1].sum() == 0  # JanusFlow masks the text out: not a left-padded prompt
+    path.sample_time = lambda batch, generator=None, device=None: torch.zeros(batch)  # t = 0: z_t is the noise
+    seen = {}
+    embeds, velocity = path._generation_embeds, path._velocity
+    path._generation_embeds = lambda z, t: seen.setdefault("noise", z) is not None and embeds(z, t)
+    path._velocity = lambda *args: seen.setdefault("v", velocity(*args))
+    with torch.no_grad():
+        path.loss(backbone, backbone.embed(uncond_ids), uncond_mask, torch.rand(2, 3, 16, 16) * 2 - 1,
+                  generator=torch.Generator().manual_seed(3), prompt_positions=positions_from_mask(mask))
+    path._generation_embeds, path._velocity = embeds, velocity
+    trace = path.sample(backbone, ids, mask, pad_id=2, guidance=3.0, num_steps=2, noise=seen["noise"],
+                        keep_steps=True).steps
+    torch.testing.assert_close(seen["v"], trace["v_uncond"][0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(trace["v_cond"][0], trace["v_uncond"][0])
+    with pytest.raises(InputError, match="left"):  # without the positions, an unconditional row is refused
+        path.loss(backbone, backbone.embed(uncond_ids), uncond_mask, torch.zeros(2, 3, 16, 16))
 
 
 def test_loss_target_is_the_straight_line_velocity():

@@ -68,7 +68,7 @@ def test_guided_sampling_matches_reference(folder: Path):
     backbone, path = build_case(folder)
     prompt_ids = golden["t2i.tokens"][0::2]
     mask = torch.ones_like(prompt_ids)
-    assert torch.equal(path.unconditional_ids(prompt_ids, mask, pad_id(folder)), golden["t2i.tokens"][1::2])
+    assert torch.equal(path.unconditional_prompt(prompt_ids, mask, pad_id(folder))[0], golden["t2i.tokens"][1::2])
     out = path.sample(
         backbone, prompt_ids, mask, pad_id=pad_id(folder), guidance=cases["t2i_cfg_weight"], temperature=0,
         keep_steps=True,
@@ -95,7 +95,8 @@ def test_left_padded_batch_matches_single_prompts(folder: Path):
     mask = torch.zeros_like(ids)
     ids[0], mask[0] = long_prompt, 1
     ids[1, -len(short_prompt) :], mask[1, -len(short_prompt) :] = short_prompt, 1
-    uncond = path.unconditional_ids(ids, mask, pad)
+    uncond, uncond_mask = path.unconditional_prompt(ids, mask, pad)
+    assert torch.equal(uncond_mask, mask)  # Janus still attends to the padded text
     expected_uncond = torch.tensor([short_prompt[0]] + [pad] * 4 + [short_prompt[-1]])
     assert torch.equal(uncond[1, -len(short_prompt) :], expected_uncond)
     batched = path.sample(backbone, ids, mask, pad_id=pad, guidance=3.0, temperature=0, keep_steps=True)

@@ -159,7 +159,7 @@ def test_guided_image_codes_and_pixels_equal(setup):
     # transformers' unconditional rows (keep BOS and BOI, pad the rest) are the reference's on these prompts
     config = hf_model.generation_config
     keep = (ids == config.bos_token_id) | (ids == config.generation_kwargs["boi_token_id"])
-    assert torch.equal(model.generator.unconditional_ids(ids, mask, processor.pad_id),
+    assert torch.equal(model.generator.unconditional_prompt(ids, mask, processor.pad_id)[0],
                        ids.masked_fill(~keep, config.pad_token_id))
     expected = hf_model.generate(theirs["input_ids"], attention_mask=theirs["attention_mask"], generation_mode="image",
                                  do_sample=False, guidance_scale=5.0)

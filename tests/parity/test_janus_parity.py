@@ -85,7 +85,7 @@ def test_text_to_image_with_guidance(case):
     assert processor.generation_prompt_text(meta["t2i_prompt_text"]) == meta["t2i_prompt"]
     prompt_ids, prompt_mask = processor.generation_prompts([meta["t2i_prompt_text"]] * parallel)
     assert torch.equal(prompt_ids, golden["t2i.tokens"][0::2])
-    assert torch.equal(model.generator.unconditional_ids(prompt_ids, prompt_mask, processor.pad_id),
+    assert torch.equal(model.generator.unconditional_prompt(prompt_ids, prompt_mask, processor.pad_id)[0],
                        golden["t2i.tokens"][1::2])
     out = model.generator.sample(model.backbone, prompt_ids, prompt_mask, pad_id=processor.pad_id,
                                  guidance=meta["t2i_cfg_weight"], temperature=0.0, keep_steps=True)

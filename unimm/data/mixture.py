@@ -11,27 +11,30 @@ Everything is a pure function of a seed and a few counters, so a run resumes exa
   from ``(seed, source, e)``; process ``r`` of ``W`` takes every ``W``-th record from position ``r``, so processes
   never share a record; its state is how many records it has taken.
 * :class:`MixtureLoader` - draws the task, takes records from that source until the batch is full, skipping and
-  counting bad ones (:class:`~unimm.data.records.SkipCounter`), applies caption dropout (the caption of a
-  text-to-image sample is replaced by ``""`` with probability ``caption_dropout``, seeded per record, so the model
-  learns the unconditional prompt used by classifier-free guidance) and batches with the processor.
+  counting bad ones (:class:`~unimm.data.records.SkipCounter`), applies caption dropout (the prompt of a
+  text-to-image sample is replaced by the generation path's ``unconditional_prompt`` with probability
+  ``caption_dropout``, seeded per record, so the model learns the very prompt its sampler guides with) and batches
+  with the processor.
   ``state_dict()`` / ``load_state_dict()`` hold the counters and the skip counts.
 
 Batches (see :class:`TaskBatch`): ``understanding`` -> the processor's ``understanding_batch`` dict (labels only on
-answers); ``text`` -> ``text_batch``; ``generation`` -> ``prompt_ids`` (B, L), ``prompt_mask`` (B, L), ``images``
-(B, 3, H, W) in [-1, 1].
+answers); ``text`` -> ``text_batch``; ``generation`` -> ``prompt_ids`` (B, L), ``prompt_mask`` (B, L),
+``prompt_positions`` (B, L) (each row's conditional prompt's, which an unconditional row keeps, as sampling does),
+``images`` (B, 3, H, W) in [-1, 1].
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from ..backbones.base import positions_from_mask
 from ..registry import ConfigError, InputError
 from ..registry.errors import did_you_mean
 from .images import GenerationImageTransform, load_record_image
@@ -182,7 +185,9 @@ class MixtureLoader:
         processor: the model's processor (``understanding_batch``, ``text_batch``, ``generation_prompts``).
         batch_size: samples per micro-batch and process.
         generation_image_size: side of generation targets (the generator's ``image_size``).
-        caption_dropout: source name -> probability of replacing a caption with ``""``.
+        caption_dropout: source name -> probability of replacing a sample's prompt with the unconditional one.
+        unconditional_prompt: the generation path's ``unconditional_prompt`` (ids, mask, pad_id) -> (ids, mask),
+            which caption dropout writes (needed when a caption_dropout is above 0).
         max_length: longest token sequence kept (longer samples are skipped as ``too_long``); None = no limit.
         seed, rank: for the caption-dropout draws.
         num_threads: images decoded in parallel.
@@ -198,6 +203,7 @@ class MixtureLoader:
         batch_size: int,
         generation_image_size: int | None = None,
         caption_dropout: Mapping[str, float] | None = None,
+        unconditional_prompt: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         max_length: int | None = None,
         seed: int = 0,
         rank: int = 0,
@@ -213,6 +219,10 @@ class MixtureLoader:
         self.streams, self.sampler, self.processor = dict(streams), sampler, processor
         self.batch_size = int(batch_size)
         self.caption_dropout = dict(caption_dropout or {})
+        if unconditional_prompt is None and any(p > 0 for p in self.caption_dropout.values()):
+            raise ConfigError("caption dropout needs a generation path to give the unconditional prompt: build the "
+                              "model with a generator, or remove caption_dropout from train.data.sources")
+        self.unconditional_prompt = unconditional_prompt
         self.max_length, self.seed, self.rank = max_length, seed, rank
         self.max_skips_in_a_row = max_skips_in_a_row
         self.generation_transform = GenerationImageTransform(generation_image_size) if generation_image_size else None
@@ -236,11 +246,9 @@ class MixtureLoader:
             if self.generation_transform is None:
                 raise ConfigError("a generation source needs generation_image_size (the generator's image_size)")
             image = self.generation_transform(load_record_image(item.images[0]))
-            caption = item.caption
             p = self.caption_dropout.get(name, 0.0)
-            if p > 0 and random.Random(_seed_of("drop", self.seed, name, self.rank, position)).random() < p:
-                caption = ""
-            return {"image": image, "caption": caption, "key": item.key}
+            dropped = p > 0 and random.Random(_seed_of("drop", self.seed, name, self.rank, position)).random() < p
+            return {"image": image, "caption": item.caption, "dropped": dropped, "key": item.key}
         return {"text": item.text, "key": item.key}
 
     def _take(self, name: str, count: int) -> list[Any]:
@@ -298,7 +306,13 @@ class MixtureLoader:
         if task == "text":
             return dict(self.processor.text_batch([s["text"] for s in samples]))
         prompt_ids, prompt_mask = self.processor.generation_prompts([s["caption"] for s in samples])
-        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+        prompt_positions = positions_from_mask(prompt_mask)
+        dropped = torch.tensor([s["dropped"] for s in samples]).unsqueeze(1)
+        if dropped.any():
+            uncond_ids, uncond_mask = self.unconditional_prompt(prompt_ids, prompt_mask, self.processor.pad_id)
+            prompt_ids = torch.where(dropped, uncond_ids, prompt_ids)
+            prompt_mask = torch.where(dropped, uncond_mask, prompt_mask)
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "prompt_positions": prompt_positions,
                 "images": torch.stack([s["image"] for s in samples])}
 
     def next_batch(self) -> TaskBatch:

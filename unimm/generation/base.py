@@ -10,8 +10,10 @@ Janus, ``<|begin_of_generation|>`` for JanusFlow), left-padded in a batch:
 
 * ``prompt_ids``  (B, L) long, ``prompt_mask`` (B, L) with 1 for real tokens.
 
-Each path builds its own unconditional rows for classifier-free guidance, because Janus and JanusFlow do it
-differently (Janus pads the prompt and still attends to it; JanusFlow pads it and masks it out).
+Each path defines its own unconditional prompt for classifier-free guidance, because Janus and JanusFlow do it
+differently (Janus pads the prompt and still attends to it; JanusFlow pads it and masks it out). The one method,
+:meth:`GenerationPath.unconditional_prompt`, serves both sampling (the guidance rows) and training (caption
+dropout in :class:`unimm.data.MixtureLoader`), so a model learns the very prompt its sampler guides with.
 
 What the rest of unimm reads from a path, and nothing else:
 
@@ -22,6 +24,8 @@ member                    meaning
 ``num_image_tokens``      LLM positions one image occupies
 ``sample_options``        the sampling options :meth:`sample` accepts, with types, defaults and ranges: what the
                           ``sample:`` config section, the CLI flags and servers may set (:class:`SampleOption`)
+``unconditional_prompt``  (ids, mask) -> the guidance prompt: sampling's unconditional rows, training's dropped
+                          captions
 ``uses_und_features``     whether :meth:`loss` wants the understanding encoder's features of the clean images (REPA)
 ``frozen_children``       names of submodules that stay frozen in training unless a stage names them (autoencoders)
 ``fsdp_units()``          submodules FSDP shards as one unit each (default: the frozen children, then the path)
@@ -41,7 +45,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..registry import InputError
+from ..registry import ConfigError, InputError
 from ..registry.errors import did_you_mean
 
 
@@ -201,9 +205,12 @@ class GenerationPath(nn.Module, ABC):
             section = OmegaConf.to_container(section, resolve=True)
         return cls.check_sample_options(section, where="sample.")
 
-    def check_prompt(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None) -> None:
+    def check_prompt(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None,
+                     prompt_positions: torch.Tensor | None = None) -> None:
         """Prompts are ids (B, L) or embeddings (B, L, D) with a (B, L) mask, L >= 2, left padded (every row ends
-        with :attr:`start_token`); anything else is an :class:`InputError` that says so."""
+        with :attr:`start_token`); anything else is an :class:`InputError` that says so. A training batch that
+        gives its ``prompt_positions`` (B, L) may hold unconditional prompts (dropped captions), which need not
+        end with a real token."""
         shape = "(B, L, D) embeddings" if prompt.ndim == 3 else "(B, L) ids"
         if prompt.ndim not in (2, 3) or prompt.shape[1] < 2:
             raise InputError(
@@ -213,7 +220,22 @@ class GenerationPath(nn.Module, ABC):
         if prompt_mask is None or tuple(prompt_mask.shape) != tuple(prompt.shape[:2]):
             got = None if prompt_mask is None else tuple(prompt_mask.shape)
             raise InputError(f"prompt_mask must be (B, L) = {tuple(prompt.shape[:2])} for {shape}, got {got}")
-        check_left_padded(prompt_mask, self.start_token)
+        if prompt_positions is None:
+            check_left_padded(prompt_mask, self.start_token)
+        elif tuple(prompt_positions.shape) != tuple(prompt_mask.shape):
+            raise InputError(f"prompt_positions must be (B, L) = {tuple(prompt_mask.shape)}, got "
+                             f"{tuple(prompt_positions.shape)}")
+
+    def unconditional_prompt(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional prompt of classifier-free guidance for each prompt row: (B, L) ids and mask -> (B, L)
+        ids and mask (its last token need not be attended to). :meth:`sample` guides with it and caption dropout
+        trains on it, so the two cannot drift. A path without guidance leaves this as it is."""
+        raise ConfigError(
+            f"{type(self).__name__} has no unconditional prompt (it takes no guidance), so its captions cannot be "
+            "dropped: remove caption_dropout from train.data.sources"
+        )
 
     @abstractmethod
     def sample(
@@ -251,6 +273,7 @@ class GenerationPath(nn.Module, ABC):
         *,
         und_features: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prompt_positions: torch.Tensor | None = None,
     ) -> GenerationLoss:
         """Training loss for text-to-image.
 
@@ -262,6 +285,9 @@ class GenerationPath(nn.Module, ABC):
             und_features: (B, N, C) the understanding encoder's features of the clean images, for
                 representation alignment (REPA); given only when :attr:`uses_und_features`.
             generator: random source for noise / time draws.
+            prompt_positions: (B, L) positions of the prompt tokens; default: from ``prompt_mask``. Training
+                batches give them, because a dropped caption's row holds :meth:`unconditional_prompt`, whose mask
+                may hide tokens that still take their places (as in :meth:`sample`).
         """
 
     @abstractmethod

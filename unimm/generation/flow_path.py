@@ -202,20 +202,16 @@ class RectifiedFlowPath(GenerationPath):
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid_size, self.grid_size)
         return self.decoder(x, skip, t_emb)
 
-    def guidance_prompt(
+    def unconditional_prompt(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pad_id: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional rows then unconditional rows, as JanusFlow builds them.
-
-        Unconditional rows keep each prompt's first real token (BOS); every later token becomes ``pad_id`` and
-        is masked out of attention. Returns ids (2B, L) and mask (2B, L).
-        """
+        """The guidance prompt, as JanusFlow builds it: each row keeps its first real token (BOS); every later
+        token becomes ``pad_id`` and is masked out of attention. (B, L) -> (B, L) ids and mask."""
         cols = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)
         first = prompt_mask.long().argmax(dim=-1, keepdim=True)
         keep = cols <= first
         uncond_ids = torch.where(keep, prompt_ids, torch.full_like(prompt_ids, pad_id))
-        uncond_mask = prompt_mask * keep.to(prompt_mask.dtype)
-        return torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask, uncond_mask])
+        return uncond_ids, prompt_mask * keep.to(prompt_mask.dtype)
 
     def default_sample_options(self) -> dict[str, Any]:
         """Guidance and steps default to this path's own settings (its config's ``guidance`` / ``num_steps``)."""
@@ -283,7 +279,9 @@ class RectifiedFlowPath(GenerationPath):
         else:
             z = noise.to(device=device, dtype=torch.float32)
 
-        ids, mask = self.guidance_prompt(prompt_ids, prompt_mask.long(), pad_id)
+        # Conditional rows then unconditional rows, as JanusFlow stacks them.
+        uncond_ids, uncond_mask = self.unconditional_prompt(prompt_ids, prompt_mask.long(), pad_id)
+        ids, mask = torch.cat([prompt_ids, uncond_ids]), torch.cat([prompt_mask.long(), uncond_mask])
         # The begin-of-generation token is dropped; its slot (and position) goes to the time embedding.
         prefix_embeds = backbone.embed(ids[:, :-1])
         prefix_mask = mask[:, :-1]
@@ -362,6 +360,7 @@ class RectifiedFlowPath(GenerationPath):
         *,
         und_features: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prompt_positions: torch.Tensor | None = None,
     ) -> GenerationLoss:
         """Rectified-flow loss, plus representation alignment (REPA) when ``repa_layer`` is set.
 
@@ -377,17 +376,20 @@ class RectifiedFlowPath(GenerationPath):
         Args:
             backbone: the causal LM.
             prompt_embeds: (B, L, D) prompt embeddings ending with the begin-of-generation token (its slot is
-                taken by the time embedding, as in sampling). Caption dropout is the data pipeline's job.
+                taken by the time embedding, as in sampling). Caption dropout is the data pipeline's job: a
+                dropped caption's row holds :meth:`unconditional_prompt`.
             prompt_mask: (B, L) 1 for real tokens (left padding).
             images: (B, 3, H, W) in [-1, 1], H = W = ``image_size``.
             und_features: (B, M, repa_dim) understanding-encoder features of the clean images; required with REPA
                 (resampled bilinearly to the token grid when M differs from ``num_image_tokens``).
             generator: random source of the noise and time draws.
+            prompt_positions: (B, L) the prompt's positions (default: from ``prompt_mask``); an unconditional row
+                takes its conditional prompt's, as in :meth:`sample`.
 
         Returns:
             ``GenerationLoss`` with ``parts`` ``flow`` and, with REPA, ``repa``.
         """
-        self.check_prompt(prompt_embeds, prompt_mask)
+        self.check_prompt(prompt_embeds, prompt_mask, prompt_positions)
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise InputError(f"images must be {self.image_size}x{self.image_size}, got {tuple(images.shape[-2:])}")
         if self.repa_projector is not None and und_features is None:
@@ -402,7 +404,7 @@ class RectifiedFlowPath(GenerationPath):
         gen_embeds, t_emb, skip = self._generation_embeds(z_t, t)
 
         mask = prompt_mask.long()
-        positions = positions_from_mask(mask)
+        positions = positions_from_mask(mask) if prompt_positions is None else prompt_positions
         out = backbone(
             torch.cat([prompt_embeds[:, :-1], gen_embeds], dim=1),
             attention_mask=torch.cat([mask[:, :-1], mask.new_ones(batch, 1 + n)], dim=1),

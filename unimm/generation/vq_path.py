@@ -123,17 +123,20 @@ class VQGenerationPath(GenerationPath):
         """Codes (B, N), N a square number -> images (B, 3, H, W) in [-1, 1] (not clamped)."""
         return self.autoencoder.decode_codes(latents)
 
-    @staticmethod
-    def unconditional_ids(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
-        """The guidance prompt: every token strictly between a row's first real token and its last set to pad.
+    def unconditional_prompt(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guidance prompt, as the Janus reference builds it: every token strictly between a row's first real
+        token and its last set to pad.
 
-        (B, L) -> (B, L). The first real token (``<bos>``) and the last (``<begin_of_image>``) are kept; left
-        padding is left as it is, so the mask of the conditional row serves both.
+        (B, L) -> (B, L) ids and mask. The first real token (``<bos>``) and the last (``<begin_of_image>``) are
+        kept; left padding is left as it is, and the padded text is still attended to, so the mask is the
+        conditional row's.
         """
         index = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)
         first = prompt_mask.long().argmax(dim=-1, keepdim=True)
         inside = (index > first) & (index < prompt_ids.shape[1] - 1)
-        return prompt_ids.masked_fill(inside, pad_id)
+        return prompt_ids.masked_fill(inside, pad_id), prompt_mask
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,9 +181,9 @@ class VQGenerationPath(GenerationPath):
         steps = self.num_image_tokens
         mask = prompt_mask.long()
         # Rows alternate conditional / unconditional, as in the reference, so one forward serves both.
-        uncond_ids = self.unconditional_ids(prompt_ids, mask, pad_id)
+        uncond_ids, uncond_mask = self.unconditional_prompt(prompt_ids, mask, pad_id)
         ids = torch.stack([prompt_ids, uncond_ids], dim=1).flatten(0, 1)
-        mask = mask.repeat_interleave(2, dim=0)
+        mask = torch.stack([mask, uncond_mask], dim=1).flatten(0, 1)
         # Imported here: the preallocated cache builds on transformers' Cache, which importing the part does not need.
         from .decode import sample_vq_codes
         from .static_cache import supports_static_cache
@@ -238,17 +241,19 @@ class VQGenerationPath(GenerationPath):
         *,
         und_features: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prompt_positions: torch.Tensor | None = None,
     ) -> GenerationLoss:
         """Next-code cross-entropy with teacher forcing.
 
         The input is the prompt (ending with ``<begin_of_image>``) followed by the embedded codes 0..N-2; the
         hidden state at prompt position L-1 predicts code 0 and image position i predicts code i+1.
-        ``und_features`` and ``generator`` are not used by this path.
+        ``und_features`` and ``generator`` are not used by this path; ``prompt_positions`` (B, L) default to the
+        mask's (this path's unconditional prompt keeps the mask, so they are the same).
 
         Returns:
             ``GenerationLoss(loss, {"ce": ...})``.
         """
-        self.check_prompt(prompt_embeds, prompt_mask)
+        self.check_prompt(prompt_embeds, prompt_mask, prompt_positions)
         if images.shape[0] != prompt_embeds.shape[0]:
             raise InputError(
                 f"{images.shape[0]} images for {prompt_embeds.shape[0]} prompts; give one image per prompt"
@@ -258,7 +263,11 @@ class VQGenerationPath(GenerationPath):
         image_inputs = self.embed_codes(codes[:, :-1]).to(prompt_embeds.dtype)
         inputs = torch.cat([prompt_embeds, image_inputs], dim=1)
         mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(codes.shape[0], codes.shape[1] - 1).long()], dim=1)
-        hidden = backbone(inputs, attention_mask=mask, position_ids=positions_from_mask(mask)).hidden_states
+        if prompt_positions is None:
+            prompt_positions = positions_from_mask(prompt_mask.long())
+        image_positions = prompt_positions[:, -1:] + torch.arange(1, codes.shape[1], device=mask.device)
+        positions = torch.cat([prompt_positions, image_positions], dim=1)
+        hidden = backbone(inputs, attention_mask=mask, position_ids=positions).hidden_states
         logits = self.head(hidden[:, length - 1 :])
         ce = F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
         return GenerationLoss(ce, {"ce": ce.detach()})

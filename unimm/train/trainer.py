@@ -138,7 +138,8 @@ class TaskLossModule(nn.Module):
         if task == "text":
             return self.model.text_loss(inputs["input_ids"], inputs["attention_mask"], inputs["labels"]), {}
         if task == "generation":
-            out = self.model.generation_loss(inputs["prompt_ids"], inputs["prompt_mask"], inputs["images"])
+            out = self.model.generation_loss(inputs["prompt_ids"], inputs["prompt_mask"], inputs["images"],
+                                             prompt_positions=inputs.get("prompt_positions"))
             return out.loss, dict(out.parts)
         raise ValueError(f"unknown task {task!r}")
 
@@ -332,6 +333,8 @@ class Trainer:
             self.streams, TaskSampler(stage["mixture"], seed=int(s["seed"]) + index), self.processor,
             batch_size=int(s["batch_size"]), generation_image_size=self._generation_image_size(),
             caption_dropout=caption_dropout_of(s["data"]["sources"]), max_length=s["data"]["max_length"],
+            unconditional_prompt=(self.model.generator.unconditional_prompt if self.model.generator is not None
+                                  else None),
             seed=int(s["seed"]), rank=acc.process_index, num_threads=int(s["data"]["num_threads"]),
         )
         start = 0
