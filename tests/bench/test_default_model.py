@@ -38,12 +38,13 @@ def test_it_is_small_and_self_contained(shipped):
 def test_it_scores_on_the_test_split(shipped, test_split):
     model, processor, cfg = shipped
     result = evaluate_model(model, processor, test_split, seed=0, **cfg.sample)
-    # Measured on these 40 images: 80% generation (91% of one-shape prompts), 93% understanding; the README has
-    # the figures on 200 and 1,000 test images. The margins absorb other CPUs' rounding in sampling, not a defect
-    # (random weights score ~0% / 25%).
+    # Measured on these 40 images: 82.5% generation (100% of one-shape prompts), 98.5% understanding (15 of the 17
+    # yes/no position questions, where chance is about half); the README has the figures on 200 and 1,000 test
+    # images. The margins absorb other CPUs' rounding in sampling, not a defect (random weights score ~0% / 25%).
     assert result["generation"]["accuracy"]["overall"] >= 0.55
     assert result["generation"]["by_objects"][1] >= 0.8
-    assert result["understanding"]["accuracy"]["overall"] >= 0.85
+    assert result["understanding"]["accuracy"]["overall"] >= 0.9
+    assert result["understanding"]["accuracy"]["position"] >= 0.7
 
 
 @pytest.mark.parametrize("prompt", ["a red circle", "a blue square", "a green triangle"])

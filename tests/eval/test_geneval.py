@@ -98,7 +98,7 @@ def test_resuming_with_other_settings_is_refused(run, shipped):
 
 def test_the_recipe_wins_over_the_config_and_flags_over_the_recipe(shipped):
     model, _, cfg = shipped
-    assert cfg.sample.guidance == 1.0  # the shapes model's own default for `unimm generate`
+    assert cfg.sample.guidance == 2.0  # the shapes model's own default for `unimm generate`
     recipe = sampling_options(model, {}, {"guidance": 1.0, "temperature": 1.0})
     assert recipe == {"guidance": 5.0, "temperature": 1.0, "top_k": None, "top_p": None, "compile": False}
     given = sampling_options(model, {"guidance": 2.5, "top_k": 8}, {"guidance": 1.0})

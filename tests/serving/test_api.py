@@ -66,7 +66,7 @@ def test_model_describes_parts_path_and_options(client, loaded):
     assert set(generation["options"]) == set(model.generator.sample_options)
     assert generation["options"]["top_k"] == {**generation["options"]["top_k"], "type": "int", "min": 1,
                                               "optional": True}
-    assert generation["options"]["guidance"]["default"] == 1.0  # the config's sample: value
+    assert generation["options"]["guidance"]["default"] == 2.0  # the config's sample: value
     assert info["limits"] == {"max_batch": 8, "max_images": 3, "max_upload_bytes": 20_000}
 
 

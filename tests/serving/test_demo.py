@@ -66,12 +66,12 @@ def test_sampled_chat_follows_the_seed(loaded, pictures):
 
 def test_generate_draws_what_the_library_draws(loaded):
     options = default_sample_options(loaded)
-    assert options == {"guidance": 1.0, "temperature": 0.7, "top_k": None, "top_p": None,  # the config's sample:
+    assert options == {"guidance": 2.0, "temperature": 0.7, "top_k": None, "top_p": None,  # the config's sample:
                        "compile": False}
     images = generate(loaded, "a red circle", 2, 7, {"top_k": 20, "top_p": None})
     ids, mask = loaded.processor.generation_prompts(["a red circle"] * 2)
     expected = to_pil(loaded.model.generate_images(ids, mask, pad_id=loaded.processor.pad_id, seed=7,
-                                                   guidance=1.0, temperature=0.7, top_k=20))
+                                                   guidance=2.0, temperature=0.7, top_k=20))
     assert [im.size for im in images] == [(32, 32)] * 2
     assert [im.tobytes() for im in images] == [im.tobytes() for im in expected]
 
