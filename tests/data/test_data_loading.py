@@ -264,6 +264,10 @@ def test_caption_dropout_without_an_unconditional_prompt_is_refused(tmp_path, pr
     streams = {"t2i": SourceStream(JsonlSource(manifest, "generation"), "t2i", seed=0)}
     with pytest.raises(ConfigError, match="caption dropout needs a generation path"):
         MixtureLoader(streams, TaskSampler({"t2i": 1}, 0), processor, batch_size=1, caption_dropout={"t2i": 0.1})
+    # a source the mixture never draws (weight 0) needs no unconditional prompt
+    und = _write_jsonl(tmp_path / "und.jsonl", [{"image": "a.png", "conversations": _conv("ans")}])
+    streams["und"] = SourceStream(JsonlSource(und, "understanding"), "und", seed=0)
+    MixtureLoader(streams, TaskSampler({"und": 1, "t2i": 0}, 0), processor, batch_size=1, caption_dropout={"t2i": 0.1})
 
 
 def test_loader_state_resumes_the_same_batches(tmp_path, processor):

@@ -187,7 +187,7 @@ class MixtureLoader:
         generation_image_size: side of generation targets (the generator's ``image_size``).
         caption_dropout: source name -> probability of replacing a sample's prompt with the unconditional one.
         unconditional_prompt: the generation path's ``unconditional_prompt`` (ids, mask, pad_id) -> (ids, mask),
-            which caption dropout writes (needed when a caption_dropout is above 0).
+            which caption dropout writes (needed when a source the mixture draws has a caption_dropout above 0).
         max_length: longest token sequence kept (longer samples are skipped as ``too_long``); None = no limit.
         seed, rank: for the caption-dropout draws.
         num_threads: images decoded in parallel.
@@ -219,7 +219,8 @@ class MixtureLoader:
         self.streams, self.sampler, self.processor = dict(streams), sampler, processor
         self.batch_size = int(batch_size)
         self.caption_dropout = dict(caption_dropout or {})
-        if unconditional_prompt is None and any(p > 0 for p in self.caption_dropout.values()):
+        drawn_dropout = [p for name, p in self.caption_dropout.items() if name in sampler.names]
+        if unconditional_prompt is None and any(p > 0 for p in drawn_dropout):
             raise ConfigError("caption dropout needs a generation path to give the unconditional prompt: build the "
                               "model with a generator, or remove caption_dropout from train.data.sources")
         self.unconditional_prompt = unconditional_prompt
