@@ -162,6 +162,11 @@ def pretrain_encoder(
             raise ConfigError(f"{len(images)} images but {len(patch_labels)} patch label lists; give one per image")
         patches = patch_targets(patch_labels, names, encoder.num_tokens)
         patch_head = torch.nn.Linear(encoder.out_dim, len(names) + 1)  # the labels and the ground
+    held_patches = None  # checked before training, so a wrong held-out set costs no training time
+    if held_out is not None and patch_head is not None:
+        if len(held_out) < 3:
+            raise ConfigError("held_out needs (images, labels, patch_labels) when pre-training with patch_labels")
+        held_patches = patch_targets(held_out[2], names, encoder.num_tokens)
     heads = [head] if patch_head is None else [head, patch_head]
     parameters = [*encoder.parameters(), *(p for h in heads for p in h.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
@@ -192,11 +197,6 @@ def pretrain_encoder(
                                 None if patches is None else patches[:1024]),
     }
     if held_out is not None:
-        held_patches = None
-        if patch_head is not None:
-            if len(held_out) < 3:
-                raise ConfigError("held_out needs (images, labels, patch_labels) when pre-training with patch_labels")
-            held_patches = patch_targets(held_out[2], names, encoder.num_tokens)
         result["held_out"] = label_accuracy(encoder, head, held_out[0], label_targets(held_out[1], names),
                                             patch_head, held_patches)
     encoder.eval()
